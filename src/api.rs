@@ -1,0 +1,582 @@
+//! The data model: tasks, their statuses and specs, nodes, secrets, configs and logs.
+//!
+//! These are plain data types, the Rust counterparts of the reference protocol's
+//! messages, trimmed to what an agent needs. Every type is `Clone + Debug + Default +
+//! PartialEq` with public fields, so a task can be written as a struct literal with
+//! `..Default::default()`. [`Secret`], [`Config`] and [`EncryptionKey`] never print
+//! their payload in `Debug` output.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use crate::Error;
+
+/// Where a task is in its lifecycle.
+///
+/// The discriminants are the reference protocol's wire values and the order matters:
+/// a task only ever moves to a greater state, and everything from
+/// [`Completed`](TaskState::Completed) on is terminal for the agent.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskState {
+    /// Created, not yet seen by the scheduler.
+    #[default]
+    New = 0,
+    /// Waiting for resources.
+    Pending = 64,
+    /// Assigned to a node.
+    Assigned = 192,
+    /// Accepted by the node's agent.
+    Accepted = 256,
+    /// Its resources are being prepared.
+    Preparing = 320,
+    /// Prepared, ready to start.
+    Ready = 384,
+    /// Being started.
+    Starting = 448,
+    /// Running.
+    Running = 512,
+    /// Exited successfully.
+    Completed = 576,
+    /// Stopped on request.
+    Shutdown = 640,
+    /// Exited with an error, or could not be started.
+    Failed = 704,
+    /// Refused by the agent before it started.
+    Rejected = 768,
+    /// Marked for removal (a desired state; the agent bounds it by `Shutdown`).
+    Remove = 800,
+    /// Lost contact with its node.
+    Orphaned = 832,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 14] = [
+        TaskState::New,
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Accepted,
+        TaskState::Preparing,
+        TaskState::Ready,
+        TaskState::Starting,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Shutdown,
+        TaskState::Failed,
+        TaskState::Rejected,
+        TaskState::Remove,
+        TaskState::Orphaned,
+    ];
+
+    /// The name the reference protocol prints for this state, for example `"RUNNING"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TaskState::New => "NEW",
+            TaskState::Pending => "PENDING",
+            TaskState::Assigned => "ASSIGNED",
+            TaskState::Accepted => "ACCEPTED",
+            TaskState::Preparing => "PREPARING",
+            TaskState::Ready => "READY",
+            TaskState::Starting => "STARTING",
+            TaskState::Running => "RUNNING",
+            TaskState::Completed => "COMPLETE",
+            TaskState::Shutdown => "SHUTDOWN",
+            TaskState::Failed => "FAILED",
+            TaskState::Rejected => "REJECTED",
+            TaskState::Remove => "REMOVE",
+            TaskState::Orphaned => "ORPHANED",
+        }
+    }
+
+    /// True from [`Completed`](TaskState::Completed) on: the agent will not move the
+    /// task any further.
+    pub const fn is_terminal(self) -> bool {
+        self as i32 >= TaskState::Completed as i32
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = Error;
+
+    /// Parses a state name as [`Display`](fmt::Display) prints it, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Error::UnknownTaskState(s.to_owned()))
+    }
+}
+
+impl TryFrom<i32> for TaskState {
+    type Error = Error;
+
+    /// Converts a wire value; any value that is not a state's discriminant is refused.
+    fn try_from(value: i32) -> Result<Self, Error> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| *state as i32 == value)
+            .ok_or_else(|| Error::UnknownTaskState(value.to_string()))
+    }
+}
+
+/// The observed status of a task, as reported by the agent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskStatus {
+    /// When the status last changed.
+    pub timestamp: Option<SystemTime>,
+    /// The task's state.
+    pub state: TaskState,
+    /// A short human-readable word on the last transition, such as `"started"`.
+    pub message: String,
+    /// The error that caused the current state, if any.
+    pub err: String,
+    /// The runtime's view of the task (the reference's `runtime_status`).
+    pub container: Option<ContainerStatus>,
+    /// Ports the runtime published for the task.
+    pub port_status: Option<PortStatus>,
+}
+
+/// What the runtime knows about the process or container running a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerStatus {
+    /// The runtime's identifier for what runs the task.
+    pub container_id: String,
+    /// Its process id (0 when not running).
+    pub pid: i32,
+    /// Its exit code (0 while running or after a clean exit).
+    pub exit_code: i32,
+}
+
+/// Ports published at the host level for a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortStatus {
+    /// The published ports.
+    pub ports: Vec<PortConfig>,
+}
+
+/// The transport protocol of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// How a port is published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PublishMode {
+    /// Through the cluster's routing mesh.
+    #[default]
+    Ingress,
+    /// Directly on the host running the task.
+    Host,
+}
+
+/// One port of a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortConfig {
+    /// An optional name for the port.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: PortProtocol,
+    /// The port inside the task.
+    pub target_port: u32,
+    /// The port outside, 0 when the runtime chose one.
+    pub published_port: u32,
+    /// How it is published.
+    pub publish_mode: PublishMode,
+}
+
+/// A name and labels, shared by most objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// A human-readable name.
+    pub name: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A unit of work assigned to a node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Task {
+    /// The task's unique identifier.
+    pub id: String,
+    /// The service it belongs to.
+    pub service_id: String,
+    /// The node it is assigned to.
+    pub node_id: String,
+    /// Its slot within a replicated service.
+    pub slot: u64,
+    /// Its name and labels.
+    pub annotations: Annotations,
+    /// The state the orchestrator wants it in.
+    pub desired_state: TaskState,
+    /// The state it was last reported in.
+    pub status: TaskStatus,
+    /// What to run.
+    pub spec: TaskSpec,
+}
+
+/// What a task runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskSpec {
+    /// The runtime and its settings; `None` is a task no executor can run.
+    pub runtime: Option<Runtime>,
+}
+
+impl TaskSpec {
+    /// The secrets the task's runtime references (none without a runtime).
+    pub fn secret_references(&self) -> &[SecretReference] {
+        match &self.runtime {
+            Some(Runtime::Process(spec)) => &spec.secrets,
+            Some(Runtime::Container(spec)) => &spec.secrets,
+            Some(Runtime::Generic(_)) | None => &[],
+        }
+    }
+
+    /// The configs the task's runtime references (none without a runtime).
+    pub fn config_references(&self) -> &[ConfigReference] {
+        match &self.runtime {
+            Some(Runtime::Process(spec)) => &spec.configs,
+            Some(Runtime::Container(spec)) => &spec.configs,
+            Some(Runtime::Generic(_)) | None => &[],
+        }
+    }
+}
+
+/// The runtime a task asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Runtime {
+    /// A program run directly as an OS process.
+    Process(ProcessSpec),
+    /// A container, for executors backed by a container engine.
+    Container(ContainerSpec),
+    /// Anything else, identified by its kind.
+    Generic(GenericRuntimeSpec),
+}
+
+/// A program run directly as an OS process, never through a shell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessSpec {
+    /// The program and its arguments (argv); the program is looked up in `PATH` when it
+    /// has no `/`.
+    pub command: Vec<String>,
+    /// Environment entries, each `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// The working directory; the executor's default when `None`.
+    pub dir: Option<PathBuf>,
+    /// The user to run as, a name or numeric id (honoured when the host runs as root).
+    pub user: Option<String>,
+    /// The group to run as, a name or numeric id (honoured when the host runs as root).
+    pub group: Option<String>,
+    /// Whether the program inherits the host process's environment (off by default:
+    /// it may hold the host's credentials).
+    pub inherit_env: bool,
+    /// Secrets to place in files for the program.
+    pub secrets: Vec<SecretReference>,
+    /// Configs to place in files for the program.
+    pub configs: Vec<ConfigReference>,
+    /// The signal that asks the program to stop: `"SIGTERM"`, `"TERM"` or `"15"`;
+    /// SIGTERM when `None`.
+    pub stop_signal: Option<String>,
+    /// How long to wait after the stop signal before killing; 10 s when `None`.
+    pub stop_grace_period: Option<Duration>,
+    /// Resource limits applied to the program.
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// A resource that an [`Rlimit`] bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RlimitResource {
+    /// Address-space size, bytes (`RLIMIT_AS`).
+    AddressSpace,
+    /// Core-file size, bytes (`RLIMIT_CORE`).
+    Core,
+    /// CPU time, seconds (`RLIMIT_CPU`).
+    Cpu,
+    /// Data-segment size, bytes (`RLIMIT_DATA`).
+    Data,
+    /// Size of files the process may create, bytes (`RLIMIT_FSIZE`).
+    FileSize,
+    /// Locked memory, bytes (`RLIMIT_MEMLOCK`).
+    MemLock,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    NoFile,
+    /// Processes of the user (`RLIMIT_NPROC`).
+    NProc,
+    /// Stack size, bytes (`RLIMIT_STACK`).
+    Stack,
+}
+
+/// A resource limit for a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    /// What is limited.
+    pub resource: RlimitResource,
+    /// The soft limit, which the process may raise up to `hard`.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// A container, for executors backed by a container engine.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerSpec {
+    /// The image to run.
+    pub image: String,
+    /// Overrides the image's entry point.
+    pub command: Vec<String>,
+    /// Arguments to the entry point.
+    pub args: Vec<String>,
+    /// Environment entries, each `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// The working directory inside the container.
+    pub dir: Option<PathBuf>,
+    /// The user inside the container.
+    pub user: Option<String>,
+    /// The container's hostname.
+    pub hostname: String,
+    /// Labels for the container.
+    pub labels: BTreeMap<String, String>,
+    /// Secrets exposed to the container.
+    pub secrets: Vec<SecretReference>,
+    /// Configs exposed to the container.
+    pub configs: Vec<ConfigReference>,
+    /// The signal that asks the container to stop.
+    pub stop_signal: Option<String>,
+    /// How long to wait after the stop signal before killing.
+    pub stop_grace_period: Option<Duration>,
+}
+
+/// A runtime this crate knows nothing about, for custom executors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenericRuntimeSpec {
+    /// What kind of runtime it is; executors match on it.
+    pub kind: String,
+    /// The runtime's own encoding of its settings.
+    pub payload: Vec<u8>,
+}
+
+/// A task's reference to a secret, and where to expose it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretReference {
+    /// The secret's id in the stores.
+    pub secret_id: String,
+    /// The secret's name, for messages.
+    pub secret_name: String,
+    /// The file name to expose it under, inside the task's secrets directory.
+    pub target: String,
+    /// The file's mode; 0o400 when `None`.
+    pub mode: Option<u32>,
+}
+
+/// A task's reference to a config, and where to expose it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigReference {
+    /// The config's id in the stores.
+    pub config_id: String,
+    /// The config's name, for messages.
+    pub config_name: String,
+    /// The file name to expose it under, inside the task's configs directory.
+    pub target: String,
+    /// The file's mode; 0o444 when `None`.
+    pub mode: Option<u32>,
+}
+
+/// Stands in for a payload that `Debug` must not print.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Sensitive data distributed to the tasks that reference it.
+///
+/// `Debug` never prints `data`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret {
+    /// The secret's unique identifier.
+    pub id: String,
+    /// Its name and labels.
+    pub annotations: Annotations,
+    /// The secret bytes.
+    pub data: Vec<u8>,
+    /// Whether the cluster made it for its own use.
+    pub internal: bool,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .field("annotations", &self.annotations)
+            .field("data", &Redacted)
+            .field("internal", &self.internal)
+            .finish()
+    }
+}
+
+/// Configuration data distributed to the tasks that reference it.
+///
+/// `Debug` never prints `data`: configs often hold credentials too.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The config's unique identifier.
+    pub id: String,
+    /// Its name and labels.
+    pub annotations: Annotations,
+    /// The config bytes.
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("id", &self.id)
+            .field("annotations", &self.annotations)
+            .field("data", &Redacted)
+            .finish()
+    }
+}
+
+/// A symmetric key the managers hand to executors (for example for network
+/// encryption). `Debug` never prints `key`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EncryptionKey {
+    /// The subsystem the key is for.
+    pub subsystem: String,
+    /// The algorithm it is used with.
+    pub algorithm: String,
+    /// The key bytes.
+    pub key: Vec<u8>,
+    /// Orders keys: a greater time is a newer key.
+    pub lamport_time: u64,
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptionKey")
+            .field("subsystem", &self.subsystem)
+            .field("algorithm", &self.algorithm)
+            .field("key", &Redacted)
+            .field("lamport_time", &self.lamport_time)
+            .finish()
+    }
+}
+
+/// A node of the cluster, as the managers see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Node {
+    /// The node's unique identifier.
+    pub id: String,
+    /// Its name and labels.
+    pub annotations: Annotations,
+    /// What the node reported about itself.
+    pub description: Option<NodeDescription>,
+}
+
+/// What an executor reports about the node it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeDescription {
+    /// The host's name.
+    pub hostname: String,
+    /// Its operating system and architecture.
+    pub platform: Platform,
+    /// Its capacity.
+    pub resources: Resources,
+    /// Labels of the executor's engine.
+    pub engine_labels: BTreeMap<String, String>,
+}
+
+/// An operating system and architecture, as Rust names them (`"linux"`, `"x86_64"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Platform {
+    /// The CPU architecture.
+    pub architecture: String,
+    /// The operating system.
+    pub os: String,
+}
+
+/// A node's capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPUs, in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Memory, in bytes.
+    pub memory_bytes: i64,
+}
+
+/// Which output stream a log message came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    /// Not known.
+    #[default]
+    Unknown,
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Which task a log message belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogContext {
+    /// The task's service.
+    pub service_id: String,
+    /// The node that ran it.
+    pub node_id: String,
+    /// The task.
+    pub task_id: String,
+}
+
+/// One chunk of a task's output, usually a line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogMessage {
+    /// Which task it came from.
+    pub context: LogContext,
+    /// When it was written.
+    pub timestamp: Option<SystemTime>,
+    /// Which stream it was written to.
+    pub stream: LogStream,
+    /// The bytes, which need not be UTF-8.
+    pub data: Vec<u8>,
+    /// Extra key/value attributes.
+    pub attrs: Vec<(String, String)>,
+}
+
+/// What a log subscription asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogSubscriptionOptions {
+    /// The streams wanted; empty means all.
+    pub streams: Vec<LogStream>,
+    /// Keep publishing new output until the task exits or the subscription is
+    /// cancelled.
+    pub follow: bool,
+    /// Only the last N messages already written; all when `None`.
+    pub tail: Option<u64>,
+    /// Only messages written at or after this time.
+    pub since: Option<SystemTime>,
+}
+
+impl LogSubscriptionOptions {
+    /// Whether a message from `stream` is wanted.
+    pub fn wants(&self, stream: LogStream) -> bool {
+        self.streams.is_empty() || self.streams.contains(&stream)
+    }
+}

@@ -1,0 +1,363 @@
+//! [`CancelToken`]: cancellation and deadlines for blocking calls.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::Error;
+
+/// Tells a blocking call to give up: the replacement for Go's `context.Context`.
+///
+/// A token is live until [`cancel`](CancelToken::cancel) is called on it or on any of
+/// its ancestors, or until its deadline passes. Once done it stays done, and
+/// [`err`](CancelToken::err) says why. Clones share one state, so a clone handed to
+/// another thread cancels (and is cancelled) with the original.
+///
+/// Waiting costs no thread: [`wait`](CancelToken::wait) parks on a condition variable
+/// that a cancel notifies, and [`done`](CancelToken::done) hands out a channel that a
+/// cancel disconnects. Deadlines of all tokens share one timer thread,
+/// `swarmexec-timer`, started on first use; the checking calls
+/// ([`is_cancelled`](CancelToken::is_cancelled), `wait`, `err`) read the clock
+/// themselves and never depend on it.
+///
+/// ```
+/// use std::time::Duration;
+/// use swarmexec::{CancelToken, Error};
+///
+/// let root = CancelToken::new();
+/// let call = root.with_timeout(Duration::from_secs(60));
+/// let worker = std::thread::spawn({
+///     let call = call.clone();
+///     move || {
+///         call.wait(); // a blocking operation would watch the token like this
+///         call.err()
+///     }
+/// });
+/// root.cancel(); // cancels every descendant
+/// assert!(matches!(worker.join().unwrap(), Some(Error::Canceled)));
+/// ```
+#[derive(Clone)]
+pub struct CancelToken {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Canceled,
+    DeadlineExceeded,
+}
+
+impl Reason {
+    fn error(self) -> Error {
+        match self {
+            Reason::Canceled => Error::Canceled,
+            Reason::DeadlineExceeded => Error::DeadlineExceeded,
+        }
+    }
+}
+
+struct Inner {
+    /// Mirrors `state.reason.is_some()` so that the common check takes no lock.
+    cancelled: AtomicBool,
+    /// The earliest of this token's and its ancestors' deadlines.
+    deadline: Option<Instant>,
+    state: Mutex<State>,
+    woken: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    reason: Option<Reason>,
+    /// Weak, so that a long-lived parent does not keep dropped children alive.
+    children: Vec<Weak<Inner>>,
+    /// Made on the first `done()`; dropping the sender wakes every receiver.
+    done_tx: Option<Sender<()>>,
+    done_rx: Option<Receiver<()>>,
+}
+
+impl Inner {
+    fn new(deadline: Option<Instant>) -> Self {
+        Inner {
+            cancelled: AtomicBool::new(false),
+            deadline,
+            state: Mutex::new(State::default()),
+            woken: Condvar::new(),
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        if self.cancelled.load(Ordering::Acquire) {
+            return true;
+        }
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                self.cancel(Reason::DeadlineExceeded);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the first reason only, then cancels the children outside the lock so
+    /// that a deep tree never holds two locks at once.
+    fn cancel(&self, reason: Reason) {
+        let children = {
+            let mut state = self.state.lock();
+            if state.reason.is_some() {
+                return;
+            }
+            state.reason = Some(reason);
+            state.done_tx = None;
+            self.cancelled.store(true, Ordering::Release);
+            std::mem::take(&mut state.children)
+        };
+        self.woken.notify_all();
+        for child in children.iter().filter_map(Weak::upgrade) {
+            child.cancel(reason);
+        }
+    }
+
+    /// Blocks while live, at most until `until`; returns the guard on the final state.
+    fn wait_until(&self, until: Option<Instant>) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock();
+        while state.reason.is_none() {
+            let limit = match (until, self.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let Some(limit) = limit else {
+                self.woken.wait(&mut state);
+                continue;
+            };
+            if !self.woken.wait_until(&mut state, limit).timed_out() {
+                continue;
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                drop(state);
+                self.cancel(Reason::DeadlineExceeded);
+                state = self.state.lock();
+            }
+            break;
+        }
+        state
+    }
+}
+
+impl CancelToken {
+    /// A token that is live until [`cancel`](CancelToken::cancel) is called.
+    pub fn new() -> Self {
+        CancelToken {
+            inner: Arc::new(Inner::new(None)),
+        }
+    }
+
+    /// A child token: cancelled with this one, but cancelling it leaves this one live.
+    pub fn child(&self) -> CancelToken {
+        self.child_until(None)
+    }
+
+    /// A child token that is also cancelled, with
+    /// [`Error::DeadlineExceeded`], once `d` has passed.
+    pub fn with_timeout(&self, d: Duration) -> CancelToken {
+        // A duration too long to represent is a deadline that never comes.
+        self.child_until(Instant::now().checked_add(d))
+    }
+
+    /// A child token that is also cancelled, with
+    /// [`Error::DeadlineExceeded`], at `at`.
+    pub fn with_deadline(&self, at: Instant) -> CancelToken {
+        self.child_until(Some(at))
+    }
+
+    fn child_until(&self, own_deadline: Option<Instant>) -> CancelToken {
+        let deadline = match (own_deadline, self.inner.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let child = Arc::new(Inner::new(deadline));
+        let parent_reason = {
+            let mut state = self.inner.state.lock();
+            if state.reason.is_none() {
+                // Pruning when the vector is full keeps it bounded by twice the live
+                // children at amortised O(1) per child.
+                if state.children.len() == state.children.capacity() {
+                    state.children.retain(|c| c.strong_count() > 0);
+                }
+                state.children.push(Arc::downgrade(&child));
+            }
+            state.reason
+        };
+        match (parent_reason, deadline) {
+            (Some(reason), _) => child.cancel(reason),
+            // Even an inherited deadline gets its own entry: the parent may be dropped
+            // before it expires, and nothing would then wake this token's `done()`.
+            (None, Some(at)) => timer::schedule(at, Arc::downgrade(&child)),
+            (None, None) => {}
+        }
+        CancelToken { inner: child }
+    }
+
+    /// Cancels this token and all its descendants, waking every waiter. Calling it
+    /// again does nothing.
+    pub fn cancel(&self) {
+        self.inner.cancel(Reason::Canceled);
+    }
+
+    /// True once the token is cancelled or its deadline has passed.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+
+    /// `None` while live; then [`Error::Canceled`] or [`Error::DeadlineExceeded`],
+    /// whichever came first (a child cancelled by its parent takes the parent's).
+    pub fn err(&self) -> Option<Error> {
+        if !self.inner.is_cancelled() {
+            return None;
+        }
+        self.inner.state.lock().reason.map(Reason::error)
+    }
+
+    /// The token's deadline, the earliest of its own and its ancestors'.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// Blocks until the token is cancelled or its deadline passes.
+    pub fn wait(&self) {
+        drop(self.inner.wait_until(None));
+    }
+
+    /// Blocks until the token is cancelled or `d` has passed; true if cancelled.
+    pub fn wait_timeout(&self, d: Duration) -> bool {
+        let until = Instant::now().checked_add(d);
+        self.inner.wait_until(until).reason.is_some()
+    }
+
+    /// A receiver that becomes ready (disconnected) once the token is cancelled, for
+    /// use in `crossbeam_channel::select!`. It never delivers a message.
+    ///
+    /// ```
+    /// use crossbeam_channel::{never, select};
+    /// let token = swarmexec::CancelToken::new();
+    /// token.cancel();
+    /// select! {
+    ///     recv(token.done()) -> _ => {}
+    ///     recv(never::<()>()) -> _ => unreachable!(),
+    /// }
+    /// ```
+    pub fn done(&self) -> Receiver<()> {
+        // A deadline that has passed is a cancel that the timer may not have made yet.
+        self.inner.is_cancelled();
+        let mut state = self.inner.state.lock();
+        if let Some(rx) = &state.done_rx {
+            return rx.clone();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        if state.reason.is_none() {
+            state.done_tx = Some(tx);
+        }
+        state.done_rx = Some(rx.clone());
+        rx
+    }
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        CancelToken::new()
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .field("deadline", &self.inner.deadline)
+            .finish()
+    }
+}
+
+/// The one thread that cancels tokens whose deadline has passed.
+mod timer {
+    use super::*;
+
+    struct Entry {
+        at: Instant,
+        token: Weak<Inner>,
+    }
+
+    // Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline first.
+    impl Ord for Entry {
+        fn cmp(&self, other: &Self) -> CmpOrdering {
+            other.at.cmp(&self.at)
+        }
+    }
+    impl PartialOrd for Entry {
+        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl PartialEq for Entry {
+        fn eq(&self, other: &Self) -> bool {
+            self.at == other.at
+        }
+    }
+    impl Eq for Entry {}
+
+    /// Asks the timer thread to cancel `token` at `at`. Should the thread fail to
+    /// start, tokens still expire when checked; only `done()` receivers go unwoken.
+    pub(super) fn schedule(at: Instant, token: Weak<Inner>) {
+        static TIMER: OnceLock<Option<Sender<Entry>>> = OnceLock::new();
+        let sender = TIMER.get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            std::thread::Builder::new()
+                .name("swarmexec-timer".into())
+                .spawn(move || run(rx))
+                .map_err(|e| log::error!("cannot start the deadline timer thread: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(sender) = sender {
+            // The receiver lives as long as the process: sending cannot fail.
+            let _ = sender.send(Entry { at, token });
+        }
+    }
+
+    fn run(requests: Receiver<Entry>) {
+        let mut heap = BinaryHeap::<Entry>::new();
+        let mut prune_above = 1024;
+        loop {
+            let now = Instant::now();
+            while heap.peek().is_some_and(|e| e.at <= now) {
+                if let Some(token) = heap.pop().and_then(|e| e.token.upgrade()) {
+                    token.cancel(Reason::DeadlineExceeded);
+                }
+            }
+            let request = match heap.peek() {
+                Some(next) => requests.recv_deadline(next.at).ok(),
+                None => match requests.recv() {
+                    Ok(entry) => Some(entry),
+                    Err(_) => return,
+                },
+            };
+            if let Some(entry) = request {
+                heap.push(entry);
+                // Tokens dropped or cancelled early would otherwise sit here until
+                // their deadline.
+                if heap.len() > prune_above {
+                    heap.retain(|e| {
+                        e.token
+                            .upgrade()
+                            .is_some_and(|t| !t.cancelled.load(Ordering::Acquire))
+                    });
+                    prune_above = (heap.len() * 2).max(1024);
+                }
+            }
+        }
+    }
+}

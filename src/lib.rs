@@ -1,0 +1,98 @@
+//! Drive tasks through their lifecycle from blocking Rust code.
+//!
+//! `swarmexec` is the task-execution core of an orchestration agent, modelled on the
+//! `agent/exec` package of Docker SwarmKit, for programs without an async runtime:
+//! every call blocks, cancellation is a [`CancelToken`], and concurrency is threads
+//! and `crossbeam-channel`.
+//!
+//! # The pieces
+//!
+//! - [`api`] holds the data: a [`Task`](api::Task) has a desired state, set by whoever
+//!   orchestrates, and a [`TaskStatus`](api::TaskStatus) whose
+//!   [`TaskState`](api::TaskState) the agent advances: `NEW`, `PENDING`, `ASSIGNED`,
+//!   `ACCEPTED`, `PREPARING`, `READY`, `STARTING`, `RUNNING`, then one of the terminal
+//!   `COMPLETE`, `SHUTDOWN`, `FAILED` or `REJECTED`.
+//! - A [`Controller`] runs one task: `prepare`, `start`, `wait`, `shutdown`,
+//!   `terminate`, `remove`, `close`, plus optional capabilities (container status,
+//!   port status, logs) reached through `as_*` methods.
+//! - An [`Executor`] hands out controllers; [`resolve`] asks it for one and says what
+//!   the answer means for the task's status.
+//! - [`do_task`] is the state machine: it moves a task exactly one step, calling at
+//!   most one controller method, and returns the new status. Call it again with the
+//!   status placed back on the task until it returns [`Error::TaskNoop`].
+//! - [`Error`] carries the reference's sentinel errors; [`make_temporary`] marks an
+//!   error as worth retrying and [`ExitError`] carries a program's exit code.
+//! - Secrets and configs reach controllers through the dependency traits
+//!   ([`DependencyManager`], [`DependencyGetter`]) and the stores in [`executor`],
+//!   whose per-task view serves only what the task's spec references.
+//! - [`StubController`] is a controller for tests whose every method is a closure.
+//!
+//! # Driving a task
+//!
+//! ```
+//! use swarmexec::api::{Task, TaskState};
+//! use swarmexec::{do_task, make_temporary, CancelToken, Error, StubController};
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//!
+//! // A controller whose first start fails with a temporary error.
+//! let failed_once = AtomicBool::new(false);
+//! let ctlr = StubController::new().on_start(move |_| {
+//!     if failed_once.swap(true, Ordering::SeqCst) {
+//!         Ok(())
+//!     } else {
+//!         Err(make_temporary(Error::other("port busy")))
+//!     }
+//! });
+//!
+//! let cancel = CancelToken::new();
+//! let mut task = Task { id: "api.1".into(), desired_state: TaskState::Running, ..Default::default() };
+//! let mut seen = vec![];
+//! loop {
+//!     let (status, result) = do_task(&cancel, &task, &ctlr);
+//!     seen.push((status.state, status.err.clone()));
+//!     task.status = status;
+//!     match result {
+//!         Ok(()) | Err(Error::TaskRetry) => continue, // an agent would back off on retry
+//!         Err(Error::TaskNoop) => break,              // wait for the task to be updated
+//!         Err(e) => unreachable!("do_task returns only noop or retry: {e}"),
+//!     }
+//! }
+//! assert_eq!(task.status.state, TaskState::Completed);
+//! assert!(seen.contains(&(TaskState::Starting, "port busy".to_string())));
+//! ```
+//!
+//! # Cancellation
+//!
+//! Every blocking call takes a [`CancelToken`]. Cancelling a token cancels its
+//! children; [`CancelToken::with_timeout`] adds a deadline. A controller that
+//! returns [`Error::Canceled`] or [`Error::DeadlineExceeded`] makes [`do_task`]
+//! return [`Error::TaskRetry`] without recording an error on the task.
+//!
+//! # Being a guest
+//!
+//! The crate never prints (it logs through the `log` crate, target `swarmexec`),
+//! installs no signal handlers, and names every thread it starts (`swarmexec-*`).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod api;
+mod cancel;
+mod controller;
+mod error;
+pub mod executor;
+mod state;
+mod stub;
+
+pub use cancel::CancelToken;
+pub use controller::{
+    ContainerStatuser, Controller, ControllerLogs, LogPublisher, LogPublisherFn,
+    LogPublisherProvider, PortStatuser,
+};
+pub use error::{is_temporary, make_temporary, Error, ExitCoder, ExitError};
+pub use executor::{
+    ConfigGetter, ConfigsManager, ConfigsProvider, DependencyGetter, DependencyManager, Executor,
+    SecretGetter, SecretsManager, SecretsProvider,
+};
+pub use state::{do_task, resolve};
+pub use stub::StubController;
