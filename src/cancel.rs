@@ -361,3 +361,21 @@ mod timer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_children_are_pruned_from_their_parent() {
+        let root = CancelToken::new();
+        let kept: Vec<_> = (0..10).map(|_| root.child()).collect();
+        for _ in 0..100_000 {
+            drop(root.child());
+        }
+        let registered = root.inner.state.lock().children.len();
+        assert!(registered <= 64, "{registered} children registered");
+        root.cancel();
+        assert!(kept.iter().all(CancelToken::is_cancelled));
+    }
+}
