@@ -161,6 +161,11 @@ impl StubController {
             .map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
     }
 
+    /// How many calls were made to the eight `Controller` methods together.
+    pub fn total_calls(&self) -> usize {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     fn on(
         mut self,
         method: Method,

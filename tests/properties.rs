@@ -10,17 +10,6 @@ use proptest::prelude::*;
 use swarmexec::api::{ContainerStatus, Task, TaskState};
 use swarmexec::{do_task, make_temporary, CancelToken, Error, ExitError, StubController};
 
-const METHODS: [&str; 8] = [
-    "update",
-    "prepare",
-    "start",
-    "wait",
-    "shutdown",
-    "terminate",
-    "remove",
-    "close",
-];
-
 #[derive(Clone, Debug)]
 enum Answer {
     Ok,
@@ -87,10 +76,6 @@ fn scripted(answers: Vec<Answer>) -> StubController {
         .on_shutdown(next(|| Error::other("shutdown failed")))
 }
 
-fn total_calls(ctlr: &StubController) -> usize {
-    METHODS.iter().map(|m| ctlr.calls(m)).sum()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
 
@@ -111,7 +96,7 @@ proptest! {
                 task.desired_state = raised;
             }
             let before = task.status.clone();
-            let calls_before = total_calls(&ctlr);
+            let calls_before = ctlr.total_calls();
             let (status, result) = do_task(&cancel, &task, &ctlr);
             prop_assert!(
                 matches!(result, Ok(()) | Err(Error::TaskNoop) | Err(Error::TaskRetry)),
@@ -120,7 +105,7 @@ proptest! {
             prop_assert!(status.state >= before.state, "{} -> {}", before.state, status.state);
             if before.state.is_terminal() {
                 prop_assert_eq!(status.state, before.state);
-                prop_assert_eq!(total_calls(&ctlr), calls_before, "called once terminal");
+                prop_assert_eq!(ctlr.total_calls(), calls_before, "called once terminal");
             }
             if matches!(result, Err(Error::TaskNoop)) {
                 prop_assert_eq!(&status, &before, "a noop changes nothing");

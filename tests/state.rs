@@ -28,22 +28,6 @@ fn step(t: &Task, ctlr: &StubController) -> (TaskStatus, Result<(), Error>) {
     do_task(&CancelToken::new(), t, ctlr)
 }
 
-fn total_calls(ctlr: &StubController) -> usize {
-    [
-        "update",
-        "prepare",
-        "start",
-        "wait",
-        "shutdown",
-        "terminate",
-        "remove",
-        "close",
-    ]
-    .iter()
-    .map(|m| ctlr.calls(m))
-    .sum()
-}
-
 fn assert_noop(state: TaskState, desired: TaskState) {
     let ctlr = StubController::new();
     let t = task(state, desired);
@@ -53,7 +37,7 @@ fn assert_noop(state: TaskState, desired: TaskState) {
         "{state} desired {desired}: {result:?}"
     );
     assert_eq!(status, t.status, "{state} desired {desired}");
-    assert_eq!(total_calls(&ctlr), 0, "{state} desired {desired}");
+    assert_eq!(ctlr.total_calls(), 0, "{state} desired {desired}");
 }
 
 fn assert_advances(state: TaskState, desired: TaskState, to: TaskState, message: &str) {
@@ -202,7 +186,7 @@ fn the_full_lifecycle_calls_each_operation_once() {
         ["prepare", "start", "wait"].map(|m| ctlr.calls(m)),
         [1, 1, 1]
     );
-    assert_eq!(total_calls(&ctlr), 3);
+    assert_eq!(ctlr.total_calls(), 3);
 }
 
 #[test]
