@@ -60,6 +60,15 @@ pub enum Error {
     /// Any other error, typically from a controller's runtime.
     #[error(transparent)]
     Other(Box<dyn StdError + Send + Sync>),
+    /// A task's spec cannot be run as written; the text names the problem.
+    #[error("invalid task spec: {0}")]
+    InvalidSpec(String),
+    /// The program a task names does not exist.
+    #[error("program not found: {0}")]
+    ProgramNotFound(String),
+    /// The program a task names exists but cannot be executed.
+    #[error("program is not executable: {0}")]
+    ProgramNotExecutable(String),
     /// A string is not the name or wire value of a [`TaskState`](crate::api::TaskState).
     #[error("unknown task state {0:?}")]
     UnknownTaskState(String),

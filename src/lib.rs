@@ -81,6 +81,8 @@ mod cancel;
 mod controller;
 mod error;
 pub mod executor;
+#[cfg(target_os = "linux")]
+pub mod process;
 mod state;
 mod stub;
 

@@ -1,0 +1,216 @@
+//! A real executor: tasks run as supervised OS processes (Linux).
+//!
+//! [`ProcessExecutor`] runs tasks whose spec has a
+//! [`Runtime::Process`](crate::api::Runtime::Process) runtime, with no container
+//! engine: each task's program is spawned directly (never through a shell) in a
+//! process group of its own, its output is captured, and one reaper thread per
+//! executor watches every program and wakes those waiting for it.
+//!
+//! - `prepare` validates the spec (a bad one rejects the task with an error naming
+//!   the problem), creates the task's directory under the executor's state
+//!   directory, and writes the task's secrets (mode 0400) and configs (0444) there,
+//!   in directories of mode 0700 owned by the task's user. The program finds them
+//!   through `SWARMEXEC_SECRETS_DIR` and `SWARMEXEC_CONFIGS_DIR`, beside
+//!   `SWARMEXEC_TASK_ID`. Its environment is those, a default `PATH` and the spec's
+//!   `env`: the host's own environment, which may hold its credentials, is passed on
+//!   only when the spec sets `inherit_env`.
+//! - `start` spawns it with stdin from `/dev/null` and stdout and stderr into pipes.
+//! - `wait` returns when it exits: `Ok` for status 0, else an
+//!   [`Error::Exit`](crate::Error::Exit) with the code a shell would report (128 +
+//!   the signal for a killed program).
+//! - `shutdown` sends the stop signal to the whole group, waits out the grace
+//!   period, then SIGKILLs the group; `terminate` SIGKILLs it at once.
+//! - `remove` stops the program if needed and deletes the task's directory.
+//!
+//! When a program exits, whatever is left of its process group is killed, as a
+//! container engine does when a container's first process exits.
+//!
+//! # Dropping
+//!
+//! A controller that is closed or dropped kills its program if it still runs. The
+//! reaper thread lives while the executor or any of its controllers does; when the
+//! last of them goes it kills anything left and exits. No program is ever left
+//! running without a supervisor.
+//!
+//! # A guest in the host program
+//!
+//! No signal handler is installed and only the pids spawned here are ever waited
+//! for, so a host that spawns and waits for its own children keeps working. (A host
+//! that reaps *every* child with `waitpid(-1)` takes the exit statuses of tasks too;
+//! those tasks then fail with "exit status lost".) Signals never reach a recycled
+//! pid: see the `supervisor` module for how.
+//!
+//! ```no_run
+//! use swarmexec::api::{ProcessSpec, Runtime, Task, TaskSpec, TaskState};
+//! use swarmexec::process::ProcessExecutor;
+//! use swarmexec::{do_task, resolve, CancelToken, Error};
+//!
+//! let executor = ProcessExecutor::new("/var/lib/myagent/tasks")?;
+//! let spec = ProcessSpec { command: vec!["echo".into(), "hello".into()], ..Default::default() };
+//! let mut task = Task {
+//!     id: "hello.1".into(),
+//!     desired_state: TaskState::Running,
+//!     spec: TaskSpec { runtime: Some(Runtime::Process(spec)) },
+//!     ..Default::default()
+//! };
+//! let cancel = CancelToken::new();
+//! let (status, controller) = resolve(&cancel, &task, &executor);
+//! task.status = status;
+//! let controller = controller?;
+//! while let (status, Ok(()) | Err(Error::TaskRetry)) = do_task(&cancel, &task, &*controller) {
+//!     task.status = status;
+//! }
+//! assert_eq!(task.status.state, TaskState::Completed);
+//! controller.remove(&cancel)?;
+//! # Ok::<(), Error>(())
+//! ```
+
+mod controller;
+mod logs;
+mod spec;
+mod supervisor;
+mod sys;
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use controller::Environment;
+pub use controller::ProcessController;
+use supervisor::Supervisor;
+
+use crate::api::{EncryptionKey, Node, NodeDescription, Platform, Resources, Runtime, Task};
+use crate::executor::DependencyStore;
+use crate::{
+    CancelToken, ConfigsManager, ConfigsProvider, Controller, DependencyManager, Error, Executor,
+    SecretsManager, SecretsProvider,
+};
+
+/// How much output each task keeps by default: 1 MiB.
+pub const DEFAULT_LOG_CAPACITY: usize = 1 << 20;
+
+/// Runs tasks as supervised OS processes. See the [module docs](self).
+pub struct ProcessExecutor {
+    env: Arc<Environment>,
+    node_id: Mutex<String>,
+    log_capacity: usize,
+}
+
+impl ProcessExecutor {
+    /// An executor keeping its tasks' directories under `state_dir`, which is
+    /// created (mode 0700) if missing. Starts the reaper thread.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<ProcessExecutor, Error> {
+        let state_dir = state_dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
+        let supervisor = Supervisor::start()
+            .map_err(|e| Error::other(format!("cannot start the reaper thread: {e}")))?;
+        Ok(ProcessExecutor {
+            env: Arc::new(Environment {
+                state_dir,
+                supervisor,
+                dependencies: Arc::new(DependencyStore::new()),
+            }),
+            node_id: Mutex::new(String::new()),
+            log_capacity: DEFAULT_LOG_CAPACITY,
+        })
+    }
+
+    /// Sets how many bytes of output each task keeps (its newest lines), for
+    /// controllers made from now on.
+    pub fn with_log_capacity(mut self, bytes: usize) -> Self {
+        self.log_capacity = bytes;
+        self
+    }
+
+    /// The directory holding the tasks' directories.
+    pub fn state_dir(&self) -> &Path {
+        &self.env.state_dir
+    }
+
+    /// The executor's secrets and configs.
+    pub fn dependency_store(&self) -> &DependencyStore {
+        &self.env.dependencies
+    }
+
+    /// A controller for `task`, with its concrete type.
+    pub fn process_controller(&self, task: &Task) -> Result<ProcessController, Error> {
+        match &task.spec.runtime {
+            Some(Runtime::Process(_)) => Ok(ProcessController::new(
+                Arc::clone(&self.env),
+                task,
+                self.node_id.lock().clone(),
+                self.log_capacity,
+            )),
+            _ => Err(Error::RuntimeUnsupported),
+        }
+    }
+}
+
+impl Executor for ProcessExecutor {
+    /// The host's name, OS, architecture, CPUs and memory.
+    fn describe(&self, _cancel: &CancelToken) -> Result<NodeDescription, Error> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(NodeDescription {
+            hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+            platform: Platform {
+                architecture: std::env::consts::ARCH.to_owned(),
+                os: std::env::consts::OS.to_owned(),
+            },
+            resources: Resources {
+                nano_cpus: cpus as i64 * 1_000_000_000,
+                memory_bytes: total_memory().unwrap_or(0),
+            },
+            ..Default::default()
+        })
+    }
+
+    /// Remembers the node's id, which log messages carry.
+    fn configure(&self, _cancel: &CancelToken, node: &Node) -> Result<(), Error> {
+        node.id.clone_into(&mut self.node_id.lock());
+        Ok(())
+    }
+
+    fn controller(&self, task: &Task) -> Result<Box<dyn Controller>, Error> {
+        Ok(Box::new(self.process_controller(task)?))
+    }
+
+    /// Accepted and ignored: processes use the host's network as it is.
+    fn set_network_bootstrap_keys(&self, _keys: &[EncryptionKey]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn dependencies(&self) -> Option<&dyn DependencyManager> {
+        Some(self)
+    }
+}
+
+impl SecretsProvider for ProcessExecutor {
+    fn secrets(&self) -> &dyn SecretsManager {
+        self.env.dependencies.secrets()
+    }
+}
+
+impl ConfigsProvider for ProcessExecutor {
+    fn configs(&self) -> &dyn ConfigsManager {
+        self.env.dependencies.configs()
+    }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    Some(fs::read_to_string(path).ok()?.trim().to_owned())
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+fn total_memory() -> Option<i64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,220 @@
+//! Checks a [`ProcessSpec`] and turns it into a [`Launch`]: everything needed to
+//! spawn, resolved and validated up front so that `start` cannot fail on bad input.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::sys;
+use crate::api::{ProcessSpec, Rlimit};
+use crate::Error;
+
+/// The `PATH` a program gets when its spec sets none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long a program has to exit after its stop signal, unless its spec says.
+pub(crate) const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A validated spec, ready to spawn.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    pub(crate) program: PathBuf,
+    pub(crate) argv: Vec<String>,
+    /// The program's whole environment.
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) dir: Option<PathBuf>,
+    /// The uid and gid to run as, when the spec names a user or group.
+    pub(crate) credentials: Option<(u32, u32)>,
+    pub(crate) stop_signal: libc::c_int,
+    pub(crate) stop_grace: Duration,
+    pub(crate) rlimits: Vec<Rlimit>,
+}
+
+fn invalid(problem: impl Into<String>) -> Error {
+    Error::InvalidSpec(problem.into())
+}
+
+/// Checks that `name` can be a single file or directory name inside ours.
+pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), Error> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name.contains('\0') {
+        "contains NUL"
+    } else if name.starts_with('/') {
+        "is an absolute path"
+    } else if name.contains('/') {
+        "contains '/'"
+    } else if name == "." || name == ".." {
+        "is '.' or '..'"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(format!("{what} {name:?} {problem}")))
+}
+
+/// Validates `spec`; `extra_env` (the `SWARMEXEC_*` variables) is added to the
+/// program's environment.
+pub(crate) fn launch(
+    spec: &ProcessSpec,
+    extra_env: Vec<(String, String)>,
+) -> Result<Launch, Error> {
+    let Some(argv0) = spec.command.first() else {
+        return Err(invalid("command is empty"));
+    };
+    if spec.command.iter().any(|arg| arg.contains('\0')) {
+        return Err(invalid("command contains NUL"));
+    }
+    let env = environment(spec, extra_env)?;
+    let dir = spec.dir.clone();
+    if let Some(dir) = &dir {
+        if !dir.is_dir() {
+            return Err(invalid(format!(
+                "working directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v);
+    let program = find_program(argv0, path, dir.as_deref())?;
+    let stop_signal = match &spec.stop_signal {
+        None => libc::SIGTERM,
+        Some(name) => sys::parse_signal(name)
+            .ok_or_else(|| invalid(format!("unknown stop signal {name:?}")))?,
+    };
+    for limit in &spec.rlimits {
+        if limit.soft > limit.hard {
+            return Err(invalid(format!(
+                "{:?} limit: soft {} exceeds hard {}",
+                limit.resource, limit.soft, limit.hard
+            )));
+        }
+    }
+    check_references(spec)?;
+    Ok(Launch {
+        program,
+        argv: spec.command.clone(),
+        env,
+        dir,
+        credentials: credentials(spec.user.as_deref(), spec.group.as_deref())?,
+        stop_signal,
+        stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
+        rlimits: spec.rlimits.clone(),
+    })
+}
+
+/// The program's environment: the host's only when asked, then a default `PATH`,
+/// then the spec's entries, then ours (later entries win).
+fn environment(
+    spec: &ProcessSpec,
+    extra: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: String, value: String| match env.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 = value,
+        None => env.push((key, value)),
+    };
+    if spec.inherit_env {
+        std::env::vars().for_each(|(k, v)| set(k, v));
+    } else {
+        set("PATH".into(), DEFAULT_PATH.into());
+    }
+    for (index, entry) in spec.env.iter().enumerate() {
+        // The entry is not echoed: its value may be a credential.
+        let parsed = entry
+            .split_once('=')
+            .filter(|(key, _)| !key.is_empty() && !entry.contains('\0'));
+        let Some((key, value)) = parsed else {
+            return Err(invalid(format!("env entry {index} is not KEY=VALUE")));
+        };
+        set(key.to_owned(), value.to_owned());
+    }
+    extra.into_iter().for_each(|(k, v)| set(k, v));
+    Ok(env)
+}
+
+/// Finds `name` as `execvp` would, but up front, so that a missing program rejects
+/// the task instead of failing it at start.
+fn find_program(name: &str, path: &str, dir: Option<&Path>) -> Result<PathBuf, Error> {
+    if name.contains('/') {
+        let candidate = match dir {
+            Some(dir) if !name.starts_with('/') => dir.join(name),
+            _ => PathBuf::from(name),
+        };
+        return match executable(&candidate) {
+            Some(true) => Ok(candidate),
+            Some(false) => Err(Error::ProgramNotExecutable(name.to_owned())),
+            None => Err(Error::ProgramNotFound(name.to_owned())),
+        };
+    }
+    let mut found_unexecutable = false;
+    for entry in path.split(':').filter(|e| !e.is_empty()) {
+        let candidate = Path::new(entry).join(name);
+        match executable(&candidate) {
+            Some(true) => return Ok(candidate),
+            Some(false) => found_unexecutable = true,
+            None => {}
+        }
+    }
+    if found_unexecutable {
+        Err(Error::ProgramNotExecutable(name.to_owned()))
+    } else {
+        Err(Error::ProgramNotFound(name.to_owned()))
+    }
+}
+
+/// `None` when nothing is there; otherwise whether it is an executable file.
+fn executable(path: &Path) -> Option<bool> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, Error> {
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let (uid, user_gid) = match user {
+        None => (sys::effective_uid(), None),
+        Some(user) => match user.parse::<u32>() {
+            Ok(uid) => (uid, None),
+            Err(_) => match sys::lookup_user(user) {
+                Ok(Some((uid, gid))) => (uid, Some(gid)),
+                Ok(None) => return Err(invalid(format!("unknown user {user:?}"))),
+                Err(e) => return Err(invalid(format!("cannot look up user {user:?}: {e}"))),
+            },
+        },
+    };
+    let gid = match group {
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match sys::lookup_group(group) {
+                Ok(Some(gid)) => gid,
+                Ok(None) => return Err(invalid(format!("unknown group {group:?}"))),
+                Err(e) => return Err(invalid(format!("cannot look up group {group:?}: {e}"))),
+            },
+        },
+        // A numeric uid brings no group of its own: keep it in the group of its id.
+        None => user_gid.unwrap_or(uid),
+    };
+    if sys::effective_uid() != 0 {
+        return Err(invalid("running as another user or group needs root"));
+    }
+    Ok(Some((uid, gid)))
+}
+
+fn check_references(spec: &ProcessSpec) -> Result<(), Error> {
+    let secrets = spec.secrets.iter().map(|r| ("secret", r.target.as_str()));
+    let configs = spec.configs.iter().map(|r| ("config", r.target.as_str()));
+    let mut seen = HashSet::new();
+    for (kind, target) in secrets.chain(configs) {
+        check_file_name(&format!("{kind} target"), target)?;
+        if !seen.insert((kind, target)) {
+            return Err(invalid(format!("{kind} target {target:?} is used twice")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Supervised processes and the one thread that watches them all.
+//!
+//! # Never signalling a recycled pid
+//!
+//! A pid is only a name, and the kernel gives it to a new process as soon as the old
+//! one is reaped. A signal sent by pid after that point can hit an unrelated process.
+//! Every process here leads its own process group (its pgid is its pid), and the
+//! group id is reserved for as long as the leader is an unreaped child of ours, even a
+//! zombie. So [`Process`] keeps one lock over "is it reaped?": signals are sent only
+//! under that lock and only while the leader is unreaped, and the reaper takes the
+//! same lock to reap. No signal can overtake the reap, and none comes after it.
+//!
+//! When the leader exits, the reaper kills what is left of its group *before*
+//! reaping it (while the group id is still reserved), as a container engine does when
+//! a container's first process exits: no stray grandchildren outlive their task. A
+//! grandchild that left the group (`setsid`) is beyond reach; only cgroups could
+//! follow it.
+//!
+//! # One thread
+//!
+//! The reaper (`swarmexec-reaper`) polls, for every process, a pidfd (readable once
+//! the process has exited) and the read ends of its stdout and stderr pipes, which it
+//! drains into the process's bounded [`LogBuffer`] so that a program never blocks on a
+//! full pipe. Waiters wake through a channel that the reaper disconnects. On kernels
+//! without pidfds (before 5.3) exits are found by asking every few milliseconds, with
+//! the same locking. The library installs no SIGCHLD handler and only ever waits for
+//! the pids it spawned, so a host program's own children are left to it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::logs::LogBuffer;
+use super::sys;
+use crate::api::LogStream;
+use crate::{CancelToken, Error};
+
+/// How often exits are looked for on kernels without pidfds.
+const EXIT_POLL_MS: libc::c_int = 5;
+
+/// How many reads of each pipe collect the output a program left when it exited.
+const DRAIN_READS: usize = 64;
+
+/// How a supervised process ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Exit {
+    Status(ExitStatus),
+    /// Something else reaped it (a host calling `waitpid(-1)`): the status is gone.
+    Lost,
+}
+
+/// One spawned program, shared by its controller and the reaper.
+pub(crate) struct Process {
+    pid: libc::pid_t,
+    reaped: Mutex<Option<Exit>>,
+    /// Dropped once the process is reaped, which wakes every receiver.
+    exited_tx: Mutex<Option<Sender<()>>>,
+    exited_rx: Receiver<()>,
+    pub(crate) logs: LogBuffer,
+}
+
+impl Process {
+    pub(crate) fn new(pid: u32, log_capacity: usize) -> io::Result<Self> {
+        let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidData)?;
+        let (exited_tx, exited_rx) = crossbeam_channel::bounded(0);
+        Ok(Process {
+            pid,
+            reaped: Mutex::new(None),
+            exited_tx: Mutex::new(Some(exited_tx)),
+            exited_rx,
+            logs: LogBuffer::new(log_capacity),
+        })
+    }
+
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// How the process ended, once it has.
+    pub(crate) fn exit(&self) -> Option<Exit> {
+        *self.reaped.lock()
+    }
+
+    /// Sends `signal` to the process's whole group, unless it has been reaped
+    /// (then there is nothing left to signal, and its pid may belong to another).
+    pub(crate) fn signal_group(&self, signal: libc::c_int) -> io::Result<()> {
+        let reaped = self.reaped.lock();
+        if reaped.is_some() {
+            return Ok(());
+        }
+        match sys::kill_group(self.pid, signal) {
+            // Every member has exited, the leader being a zombie not yet reaped.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Kills what is left of the group, then reaps the leader; called once it has
+    /// exited. Returns false when it was reaped already.
+    fn reap(&self) -> bool {
+        let mut reaped = self.reaped.lock();
+        if reaped.is_some() {
+            return false;
+        }
+        // Still under the lock and before the reap: the group id is still ours.
+        if let Err(e) = sys::kill_group(self.pid, libc::SIGKILL) {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                log::warn!(target: "swarmexec", "cannot kill the rest of process group {}: {e}", self.pid);
+            }
+        }
+        *reaped = Some(match sys::reap(self.pid) {
+            Ok(status) => Exit::Status(status),
+            Err(e) => {
+                log::warn!(target: "swarmexec", "exit status of process {} lost: {e}", self.pid);
+                Exit::Lost
+            }
+        });
+        drop(reaped);
+        self.exited_tx.lock().take();
+        true
+    }
+
+    /// Blocks until the process has been reaped, `cancel` is done (`Err`), or
+    /// `timeout` passes (`Ok(None)`).
+    pub(crate) fn wait_exit(
+        &self,
+        cancel: &CancelToken,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Exit>, Error> {
+        if let Some(exit) = self.exit() {
+            return Ok(Some(exit));
+        }
+        let timer = timeout.map_or_else(crossbeam_channel::never, crossbeam_channel::after);
+        select! {
+            recv(self.exited_rx) -> _ => Ok(self.exit()),
+            recv(cancel.done()) -> _ => Err(cancel.err().unwrap_or(Error::Canceled)),
+            recv(timer) -> _ => Ok(self.exit()),
+        }
+    }
+}
+
+/// The pipes the reaper reads for a process.
+pub(crate) struct Pipes {
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+}
+
+enum Command {
+    Watch(Arc<Process>, Pipes),
+    /// Stop reading the process's pipes: held open by a grandchild that escaped the
+    /// group, they could otherwise stay with the reaper for good.
+    Forget(Arc<Process>),
+}
+
+/// The reaper thread of one executor; stops when dropped.
+pub(crate) struct Supervisor {
+    commands: Option<Sender<Command>>,
+    waker: Mutex<io::PipeWriter>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    pub(crate) fn start() -> io::Result<Self> {
+        let (wake_rx, wake_tx) = io::pipe()?;
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("swarmexec-reaper".into())
+            .spawn(move || Reaper::new(commands_rx, wake_rx).run())?;
+        Ok(Supervisor {
+            commands: Some(commands_tx),
+            waker: Mutex::new(wake_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a just-spawned process to the reaper.
+    pub(crate) fn watch(&self, process: Arc<Process>, pipes: Pipes) {
+        self.send(Command::Watch(process, pipes));
+    }
+
+    /// Tells the reaper to drop the process's pipes.
+    pub(crate) fn forget(&self, process: Arc<Process>) {
+        self.send(Command::Forget(process));
+    }
+
+    fn send(&self, command: Command) {
+        if let Some(commands) = &self.commands {
+            // The reaper outlives every sender but the last (ours), so this succeeds.
+            let _ = commands.send(command);
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        // A full pipe already holds a wake-up, so a failed write loses nothing.
+        let _ = self.waker.lock().write(&[1]);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.commands = None;
+        self.wake();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!(target: "swarmexec", "the reaper thread panicked");
+            }
+        }
+    }
+}
+
+struct Watched {
+    process: Arc<Process>,
+    /// `None` once exited, or on kernels without pidfds.
+    pidfd: Option<OwnedFd>,
+    exited: bool,
+    stdout: Option<File>,
+    stderr: Option<File>,
+}
+
+impl Watched {
+    fn done(&self) -> bool {
+        self.exited && self.stdout.is_none() && self.stderr.is_none()
+    }
+}
+
+struct Reaper {
+    commands: Receiver<Command>,
+    wake: io::PipeReader,
+    watched: Vec<Watched>,
+    buf: Vec<u8>,
+}
+
+/// What one entry of the poll set stands for.
+#[derive(Clone, Copy)]
+enum Source {
+    Wake,
+    Exit(usize),
+    Output(usize, LogStream),
+}
+
+impl Reaper {
+    fn new(commands: Receiver<Command>, wake: io::PipeReader) -> Self {
+        Reaper {
+            commands,
+            wake,
+            watched: Vec::new(),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    fn run(mut self) {
+        let mut fds = Vec::new();
+        let mut sources = Vec::new();
+        loop {
+            fds.clear();
+            sources.clear();
+            fds.push(sys::readable(&self.wake));
+            sources.push(Source::Wake);
+            let mut asking = false;
+            for (i, w) in self.watched.iter().enumerate() {
+                match (&w.pidfd, w.exited) {
+                    (Some(pidfd), false) => {
+                        fds.push(sys::readable(pidfd));
+                        sources.push(Source::Exit(i));
+                    }
+                    (None, false) => asking = true,
+                    _ => {}
+                }
+                for (pipe, stream) in [
+                    (&w.stdout, LogStream::Stdout),
+                    (&w.stderr, LogStream::Stderr),
+                ] {
+                    if let Some(pipe) = pipe {
+                        fds.push(sys::readable(pipe));
+                        sources.push(Source::Output(i, stream));
+                    }
+                }
+            }
+            let timeout = if asking { EXIT_POLL_MS } else { -1 };
+            if let Err(e) = sys::poll(&mut fds, timeout) {
+                log::error!(target: "swarmexec", "reaper cannot poll: {e}");
+                std::thread::sleep(Duration::from_millis(EXIT_POLL_MS as u64));
+                continue;
+            }
+            for (fd, source) in fds.iter().zip(&sources) {
+                if fd.revents == 0 {
+                    continue;
+                }
+                match *source {
+                    Source::Wake => {}
+                    Source::Exit(i) => self.exited(i),
+                    Source::Output(i, stream) => self.read_output(i, stream),
+                }
+            }
+            if asking {
+                self.ask_for_exits();
+            }
+            if fds[0].revents != 0 && !self.take_commands() {
+                return;
+            }
+            self.watched.retain(|w| !w.done());
+        }
+    }
+
+    /// Applies queued commands; false once every sender is gone.
+    fn take_commands(&mut self) -> bool {
+        let _ = self.wake.read(&mut self.buf);
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Watch(process, pipes)) => self.watch(process, pipes),
+                Ok(Command::Forget(process)) => {
+                    for w in self
+                        .watched
+                        .iter_mut()
+                        .filter(|w| Arc::ptr_eq(&w.process, &process))
+                    {
+                        w.stdout = None;
+                        w.stderr = None;
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => return true,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.shut_down();
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn watch(&mut self, process: Arc<Process>, pipes: Pipes) {
+        let pidfd = match sys::pidfd_open(process.pid()) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+            Err(e) => {
+                log::warn!(target: "swarmexec", "no pidfd for process {}: {e}", process.pid());
+                None
+            }
+        };
+        self.watched.push(Watched {
+            process,
+            pidfd,
+            exited: false,
+            stdout: Some(pipes.stdout),
+            stderr: Some(pipes.stderr),
+        });
+    }
+
+    fn ask_for_exits(&mut self) {
+        for i in 0..self.watched.len() {
+            let w = &self.watched[i];
+            if w.pidfd.is_none() && !w.exited && sys::has_exited(w.process.pid()).unwrap_or(true) {
+                self.exited(i);
+            }
+        }
+    }
+
+    fn exited(&mut self, i: usize) {
+        let w = &mut self.watched[i];
+        w.exited = true;
+        w.pidfd = None;
+        w.process.reap();
+        // Take what the program wrote before it went, then let followers finish.
+        self.drain(i);
+        self.watched[i].process.logs.finish();
+    }
+
+    /// Reads whatever is ready on the process's pipes now, without blocking, and
+    /// at most [`DRAIN_READS`] times per pipe: a grandchild that escaped the group
+    /// may keep writing.
+    fn drain(&mut self, i: usize) {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            for _ in 0..DRAIN_READS {
+                let w = &self.watched[i];
+                let Some(pipe) = (if stream == LogStream::Stdout {
+                    &w.stdout
+                } else {
+                    &w.stderr
+                }) else {
+                    break;
+                };
+                let mut probe = [sys::readable(pipe)];
+                if !matches!(sys::poll(&mut probe, 0), Ok(1)) {
+                    break;
+                }
+                self.read_output(i, stream);
+            }
+        }
+    }
+
+    /// One read from a pipe that poll found ready (so it cannot block); EOF or an
+    /// error closes it.
+    fn read_output(&mut self, i: usize, stream: LogStream) {
+        let w = &mut self.watched[i];
+        let pipe = if stream == LogStream::Stdout {
+            &mut w.stdout
+        } else {
+            &mut w.stderr
+        };
+        let Some(file) = pipe else { return };
+        match file.read(&mut self.buf) {
+            Ok(0) => *pipe = None,
+            Ok(n) => w.process.logs.append(stream, &self.buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => *pipe = None,
+        }
+    }
+
+    /// The executor and every controller are gone. Each controller terminated its
+    /// own process when dropped; anything still running is killed here, so that no
+    /// process is left without a reaper.
+    fn shut_down(&mut self) {
+        for w in &self.watched {
+            if !w.exited {
+                let _ = w.process.signal_group(libc::SIGKILL);
+                w.process.reap();
+            }
+        }
+        self.watched.clear();
+    }
+}

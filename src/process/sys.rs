@@ -1,0 +1,272 @@
+//! Every libc call of the crate, each behind a small safe function.
+//!
+//! Nothing here keeps state; the invariants that make the calls safe to *use*
+//! (above all, never signalling a pid that may have been recycled) are kept by
+//! [`super::supervisor::Process`], which is the only caller of [`kill_group`] and
+//! [`reap`].
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use crate::api::{Rlimit, RlimitResource};
+
+/// Converts a `-1` return into the thread's `errno`.
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A pollable descriptor for our child `pid`, readable once it has exited.
+///
+/// Fails with `ENOSYS` on kernels before 5.3. The caller must not have reaped `pid`:
+/// an unreaped child (even a zombie) keeps its pid, so the descriptor is for it.
+pub(super) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
+    // it touches no memory of ours.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: on success the kernel returned a new descriptor (always close-on-exec)
+    // that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Sends `signal` to every process of the group `pgid`.
+///
+/// Only sound while the group's leader is our unreaped child: its pid, which is the
+/// group id, cannot be given to another process until it is reaped.
+pub(super) fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: killpg takes two integers and touches no memory of ours.
+    check(unsafe { libc::killpg(pgid, signal) }.into()).map(drop)
+}
+
+/// Reaps our child `pid`, blocking until it exits.
+pub(super) fn reap(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+        match check(unsafe { libc::waitpid(pid, &mut status, 0) }.into()) {
+            Ok(_) => return Ok(ExitStatus::from_raw(status)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// True once our child `pid` has exited, without reaping it: for kernels without
+/// pidfds, where exits are found by asking.
+pub(super) fn has_exited(pid: libc::pid_t) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain data for which all-zero bytes are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    check(unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) }.into())?;
+    // SAFETY: waitid filled `info` (or left it zeroed under WNOHANG), so reading the
+    // pid field reads initialised memory.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Waits until one of `fds` is ready or `timeout_ms` passes (-1: no limit); returns how
+/// many are ready. An interrupted wait reports none.
+pub(super) fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `fds`, a valid, writable slice.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    match check(ret.into()) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A `pollfd` asking whether `fd` is readable.
+pub(super) fn readable(fd: &impl AsRawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// The effective user id of this process.
+pub(super) fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid and primary gid of the user `name`, through the system's user database.
+pub(super) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
+    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data for which all-zero bytes are a valid value.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: `name` is NUL-terminated,
+        // `entry` and `found` are writable, `buf` is writable for its length.
+        let ret = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut entry,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match ret {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some((entry.pw_uid, entry.pw_gid))),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// The gid of the group `name`, through the system's group database.
+pub(super) fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: group is plain data for which all-zero bytes are a valid value.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: as in `lookup_user`: every pointer is valid and writable.
+        let ret = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut entry,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match ret {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some(entry.gr_gid)),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
+    match resource {
+        RlimitResource::AddressSpace => libc::RLIMIT_AS,
+        RlimitResource::Core => libc::RLIMIT_CORE,
+        RlimitResource::Cpu => libc::RLIMIT_CPU,
+        RlimitResource::Data => libc::RLIMIT_DATA,
+        RlimitResource::FileSize => libc::RLIMIT_FSIZE,
+        RlimitResource::MemLock => libc::RLIMIT_MEMLOCK,
+        RlimitResource::NoFile => libc::RLIMIT_NOFILE,
+        RlimitResource::NProc => libc::RLIMIT_NPROC,
+        RlimitResource::Stack => libc::RLIMIT_STACK,
+    }
+}
+
+/// Makes `command` apply `limits` in the child, between fork and exec.
+///
+/// This is the one use of `pre_exec`: no spawning option sets resource limits, and
+/// setting them from the parent after the spawn would let the program run unlimited
+/// for a while. It costs the fast `posix_spawn` path, so it is added only when a task
+/// asks for limits.
+pub(super) fn set_rlimits_in_child(command: &mut std::process::Command, limits: &[Rlimit]) {
+    use std::os::unix::process::CommandExt;
+    let limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
+        .iter()
+        .map(|l| {
+            let value = libc::rlimit {
+                rlim_cur: l.soft,
+                rlim_max: l.hard,
+            };
+            (resource_id(l.resource), value)
+        })
+        .collect();
+    let apply = move || {
+        for (resource, value) in &limits {
+            // SAFETY: setrlimit reads a valid rlimit and is async-signal-safe.
+            if unsafe { libc::setrlimit(*resource, value) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure allocates nothing and calls only setrlimit, which is
+    // async-signal-safe, so it is sound to run in the forked child.
+    unsafe { command.pre_exec(apply) };
+}
+
+/// The signal named `name`: `"SIGTERM"`, `"TERM"` or `"15"`, any case.
+pub(super) fn parse_signal(name: &str) -> Option<libc::c_int> {
+    if let Ok(number) = name.parse::<libc::c_int>() {
+        return (1..=libc::SIGRTMAX()).contains(&number).then_some(number);
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(known, _)| known.strip_prefix("SIG") == Some(bare))
+        .map(|(_, number)| *number)
+}
+
+/// The name of `signal`, such as `"SIGKILL"`, or `None` for one without a name.
+pub(super) fn signal_name(signal: libc::c_int) -> Option<&'static str> {
+    SIGNALS
+        .iter()
+        .find(|(_, number)| *number == signal)
+        .map(|(name, _)| *name)
+}
+
+const SIGNALS: &[(&str, libc::c_int)] = &[
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGILL", libc::SIGILL),
+    ("SIGTRAP", libc::SIGTRAP),
+    ("SIGABRT", libc::SIGABRT),
+    ("SIGBUS", libc::SIGBUS),
+    ("SIGFPE", libc::SIGFPE),
+    ("SIGKILL", libc::SIGKILL),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGSEGV", libc::SIGSEGV),
+    ("SIGUSR2", libc::SIGUSR2),
+    ("SIGPIPE", libc::SIGPIPE),
+    ("SIGALRM", libc::SIGALRM),
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGSTKFLT", libc::SIGSTKFLT),
+    ("SIGCHLD", libc::SIGCHLD),
+    ("SIGCONT", libc::SIGCONT),
+    ("SIGSTOP", libc::SIGSTOP),
+    ("SIGTSTP", libc::SIGTSTP),
+    ("SIGTTIN", libc::SIGTTIN),
+    ("SIGTTOU", libc::SIGTTOU),
+    ("SIGURG", libc::SIGURG),
+    ("SIGXCPU", libc::SIGXCPU),
+    ("SIGXFSZ", libc::SIGXFSZ),
+    ("SIGVTALRM", libc::SIGVTALRM),
+    ("SIGPROF", libc::SIGPROF),
+    ("SIGWINCH", libc::SIGWINCH),
+    ("SIGIO", libc::SIGIO),
+    ("SIGPWR", libc::SIGPWR),
+    ("SIGSYS", libc::SIGSYS),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_short_name_and_number() {
+        for name in ["SIGTERM", "TERM", "term", "15", "SigTerm"] {
+            assert_eq!(parse_signal(name), Some(libc::SIGTERM), "{name}");
+        }
+        assert_eq!(parse_signal("KILL"), Some(libc::SIGKILL));
+        for bad in ["", "SIG", "TERMINATE", "0", "-1", "99", "SIGFOO"] {
+            assert_eq!(parse_signal(bad), None, "{bad}");
+        }
+        assert_eq!(signal_name(libc::SIGKILL), Some("SIGKILL"));
+        assert_eq!(signal_name(libc::SIGRTMIN()), None);
+    }
+}
