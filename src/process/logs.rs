@@ -94,7 +94,8 @@ impl LogBuffer {
         state.wake_followers();
     }
 
-    /// Marks the output complete, keeping any unterminated last lines.
+    /// Marks the output complete, keeping any unterminated last lines. Output may
+    /// still be appended afterwards; finishing again keeps its last lines too.
     pub(crate) fn finish(&self) {
         let now = SystemTime::now();
         let mut state = self.state.lock();

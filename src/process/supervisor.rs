@@ -366,10 +366,12 @@ impl Reaper {
         let w = &mut self.watched[i];
         w.exited = true;
         w.pidfd = None;
-        w.process.reap();
-        // Take what the program wrote before it went, then let followers finish.
+        // Take what the program wrote before it went before waking its waiters, so
+        // that whoever saw it exit finds all of its output.
         self.drain(i);
-        self.watched[i].process.logs.finish();
+        let process = &self.watched[i].process;
+        process.logs.finish();
+        process.reap();
     }
 
     /// Reads whatever is ready on the process's pipes now, without blocking, and
@@ -406,10 +408,16 @@ impl Reaper {
         };
         let Some(file) = pipe else { return };
         match file.read(&mut self.buf) {
-            Ok(0) => *pipe = None,
-            Ok(n) => w.process.logs.append(stream, &self.buf[..n]),
+            Ok(n) if n > 0 => w.process.logs.append(stream, &self.buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => *pipe = None,
+            _ => {
+                *pipe = None;
+                // Output that came after the exit (from the group's last members)
+                // may have left an unterminated line.
+                if w.exited {
+                    w.process.logs.finish();
+                }
+            }
         }
     }
 
