@@ -192,25 +192,28 @@ impl Controller for ProcessController {
         }
         let task_dir = self.task_dir(&state.task)?;
         let spec = process_spec(&state.task)?;
-        let env = vec![
-            ("SWARMEXEC_TASK_ID".to_owned(), state.task.id.clone()),
-            (
-                "SWARMEXEC_SECRETS_DIR".to_owned(),
-                path_string(&task_dir.join("secrets")),
-            ),
-            (
-                "SWARMEXEC_CONFIGS_DIR".to_owned(),
-                path_string(&task_dir.join("configs")),
-            ),
-        ];
+        let mut env = vec![("SWARMEXEC_TASK_ID".to_owned(), state.task.id.clone())];
+        // A task without secrets or configs gets no directory: on disk-backed state
+        // directories, creating and deleting one costs as much as spawning a program.
+        let has_files = !spec.secrets.is_empty() || !spec.configs.is_empty();
+        if has_files {
+            for (var, subdir) in [
+                ("SWARMEXEC_SECRETS_DIR", "secrets"),
+                ("SWARMEXEC_CONFIGS_DIR", "configs"),
+            ] {
+                env.push((var.to_owned(), path_string(&task_dir.join(subdir))));
+            }
+        }
         let launch = spec::launch(spec, env)?;
         let files = files(&state.task, &self.env.dependencies)?;
-        if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
-            let _ = fs::remove_dir_all(&task_dir);
-            return Err(Error::other(format!(
-                "cannot create {}: {e}",
-                task_dir.display()
-            )));
+        if has_files {
+            if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
+                let _ = fs::remove_dir_all(&task_dir);
+                return Err(Error::other(format!(
+                    "cannot create {}: {e}",
+                    task_dir.display()
+                )));
+            }
         }
         state.phase = Phase::Prepared(Arc::new(launch));
         Ok(())

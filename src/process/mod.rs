@@ -7,13 +7,15 @@
 //! executor watches every program and wakes those waiting for it.
 //!
 //! - `prepare` validates the spec (a bad one rejects the task with an error naming
-//!   the problem), creates the task's directory under the executor's state
-//!   directory, and writes the task's secrets (mode 0400) and configs (0444) there,
-//!   in directories of mode 0700 owned by the task's user. The program finds them
-//!   through `SWARMEXEC_SECRETS_DIR` and `SWARMEXEC_CONFIGS_DIR`, beside
-//!   `SWARMEXEC_TASK_ID`. Its environment is those, a default `PATH` and the spec's
-//!   `env`: the host's own environment, which may hold its credentials, is passed on
-//!   only when the spec sets `inherit_env`.
+//!   the problem). For a task that references secrets or configs, it creates the
+//!   task's directory under the executor's state directory and writes them there
+//!   (secrets mode 0400, configs 0444, unless a reference sets the mode), in
+//!   `secrets` and `configs` directories of mode 0700 owned by the task's user; the
+//!   program finds them through `SWARMEXEC_SECRETS_DIR` and `SWARMEXEC_CONFIGS_DIR`.
+//!   (A task with neither gets no directory: on a disk-backed state directory that
+//!   would cost as much as the spawn.) Its environment is those, `SWARMEXEC_TASK_ID`,
+//!   a default `PATH` and the spec's `env`: the host's own environment, which may
+//!   hold its credentials, is passed on only when the spec sets `inherit_env`.
 //! - `start` spawns it with stdin from `/dev/null` and stdout and stderr into pipes.
 //! - `wait` returns when it exits: `Ok` for status 0, else an
 //!   [`Error::Exit`](crate::Error::Exit) with the code a shell would report (128 +

@@ -18,7 +18,7 @@
 //!
 //! # One thread
 //!
-//! The reaper (`swarmexec-reaper`) polls, for every process, a pidfd (readable once
+//! The reaper (`swarmexec-reap`) polls, for every process, a pidfd (readable once
 //! the process has exited) and the read ends of its stdout and stderr pipes, which it
 //! drains into the process's bounded [`LogBuffer`] so that a program never blocks on a
 //! full pipe. Waiters wake through a channel that the reaper disconnects. On kernels
@@ -171,7 +171,7 @@ impl Supervisor {
         let (wake_rx, wake_tx) = io::pipe()?;
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
-            .name("swarmexec-reaper".into())
+            .name("swarmexec-reap".into())
             .spawn(move || Reaper::new(commands_rx, wake_rx).run())?;
         Ok(Supervisor {
             commands: Some(commands_tx),

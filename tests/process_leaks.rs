@@ -1,0 +1,99 @@
+//! Nothing leaks: after 200 lifecycles no zombie, no child and no descriptor is left,
+//! and dropping the executor stops its reaper thread. One test in its own binary, so
+//! that no other test's processes or descriptors are counted.
+
+use std::fs;
+
+use swarmexec::api::*;
+use swarmexec::process::ProcessExecutor;
+use swarmexec::{do_task, resolve, CancelToken, Error};
+
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Our children, as (pid, state) from /proc.
+fn children() -> Vec<(i32, String)> {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            (fields.get(1) == Some(&me.as_str())).then(|| (pid, fields[0].to_string()))
+        })
+        .collect()
+}
+
+fn thread_names() -> Vec<String> {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+fn lifecycle(executor: &ProcessExecutor, i: usize) {
+    let script = [
+        "exit 0",
+        "exit 5",
+        "kill -TERM $$",
+        "sleep 60 & echo started",
+    ][i % 4];
+    let mut task = Task {
+        id: format!("task-{i}"),
+        desired_state: TaskState::Running,
+        spec: TaskSpec {
+            runtime: Some(Runtime::Process(ProcessSpec {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            })),
+        },
+        ..Default::default()
+    };
+    let cancel = CancelToken::new();
+    let (status, controller) = resolve(&cancel, &task, executor);
+    task.status = status;
+    let controller = controller.unwrap();
+    while !task.status.state.is_terminal() {
+        let (status, result) = do_task(&cancel, &task, &*controller);
+        task.status = status;
+        assert!(
+            !matches!(result, Err(Error::TaskNoop)),
+            "stuck in {:?}",
+            task.status
+        );
+    }
+    controller.remove(&cancel).unwrap();
+    controller.close().unwrap();
+}
+
+#[test]
+fn two_hundred_lifecycles_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fds_before_executor = open_fds();
+    let executor = ProcessExecutor::new(dir.path()).unwrap();
+    lifecycle(&executor, 0); // the first one may set up lazily created state
+    let fds_before = open_fds();
+
+    for i in 1..=200 {
+        lifecycle(&executor, i);
+    }
+
+    assert_eq!(children(), vec![], "no zombie and no child is left");
+    assert_eq!(open_fds(), fds_before, "no descriptor is left open");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "every task directory removed"
+    );
+    assert!(thread_names().iter().any(|n| n == "swarmexec-reap"));
+
+    drop(executor);
+    assert!(
+        !thread_names().iter().any(|n| n == "swarmexec-reap"),
+        "the reaper stops"
+    );
+    assert_eq!(open_fds(), fds_before_executor);
+}
