@@ -1,7 +1,7 @@
 //! A real executor: tasks run as supervised OS processes (Linux).
 //!
 //! [`ProcessExecutor`] runs tasks whose spec has a
-//! [`Runtime::Process`](crate::api::Runtime::Process) runtime, with no container
+//! [`Runtime::Process`] runtime, with no container
 //! engine: each task's program is spawned directly (never through a shell) in a
 //! process group of its own, its output is captured, and one reaper thread per
 //! executor watches every program and wakes those waiting for it.
@@ -18,7 +18,7 @@
 //!   hold its credentials, is passed on only when the spec sets `inherit_env`.
 //! - `start` spawns it with stdin from `/dev/null` and stdout and stderr into pipes.
 //! - `wait` returns when it exits: `Ok` for status 0, else an
-//!   [`Error::Exit`](crate::Error::Exit) with the code a shell would report (128 +
+//!   [`Error::Exit`] with the code a shell would report (128 +
 //!   the signal for a killed program).
 //! - `shutdown` sends the stop signal to the whole group, waits out the grace
 //!   period, then SIGKILLs the group; `terminate` SIGKILLs it at once.
