@@ -724,3 +724,92 @@ fn a_task_id_that_is_not_a_file_name_is_rejected() {
     );
     let _unused: PathBuf = f.dir.path().to_path_buf();
 }
+
+#[test]
+fn resource_limits_apply_to_the_program() {
+    let f = fixture();
+    let mut s = sh("ulimit -n; ulimit -Hn");
+    s.rlimits = vec![Rlimit {
+        resource: RlimitResource::NoFile,
+        soft: 64,
+        hard: 128,
+    }];
+    let (task, controller) = run(&f.executor, task("limited", s));
+    assert_eq!(task.status.state, TaskState::Completed);
+    let lines: Vec<String> = logs_of(&*controller, Default::default())
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(lines, ["64\n", "128\n"]);
+
+    let mut inverted = spec(&["true"]);
+    inverted.rlimits = vec![Rlimit {
+        resource: RlimitResource::NoFile,
+        soft: 10,
+        hard: 5,
+    }];
+    assert_eq!(
+        rejection(&f.executor, "inverted", inverted),
+        "invalid task spec: NoFile limit: soft 10 exceeds hard 5"
+    );
+}
+
+#[test]
+fn a_numeric_stop_signal_is_accepted() {
+    let f = fixture();
+    let mut s = spec(&["sleep", "30"]);
+    s.stop_signal = Some("9".into());
+    let controller = started(&f.executor, "numeric-signal", s);
+    controller.shutdown(&CancelToken::new()).unwrap();
+    let err = controller.wait(&CancelToken::new()).unwrap_err();
+    assert_eq!(err.to_string(), "killed by signal 9 (SIGKILL)");
+}
+
+/// Runs only where the tests run as root, as they do in CI.
+#[test]
+fn as_root_a_task_runs_as_its_user_and_owns_its_secrets() {
+    if fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_none_or(|l| l.split_whitespace().nth(2) != Some("0"))
+    {
+        eprintln!("not root: running as another user cannot be tested");
+        return;
+    }
+    let f = fixture();
+    // The test's own temporary directory is 0700; the state directory is 0711.
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    assert_eq!(mode(f.executor.state_dir()), 0o711);
+    f.executor.secrets().add(vec![Secret {
+        id: "token".into(),
+        data: b"t0k3n".to_vec(),
+        ..Default::default()
+    }]);
+    let mut s = sh("id -u; id -g; cat \"$SWARMEXEC_SECRETS_DIR/token\"");
+    s.user = Some("nobody".into());
+    s.group = Some("65534".into());
+    s.secrets = vec![SecretReference {
+        secret_id: "token".into(),
+        target: "token".into(),
+        ..Default::default()
+    }];
+    let controller = f
+        .executor
+        .process_controller(&task("as-nobody", s))
+        .unwrap();
+    let cancel = CancelToken::new();
+    controller.prepare(&cancel).unwrap();
+    let secret = f.executor.state_dir().join("as-nobody/secrets/token");
+    let meta = fs::metadata(&secret).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    controller.start(&cancel).unwrap();
+    controller.wait(&cancel).unwrap();
+    let lines: Vec<String> = logs_of(&controller, Default::default())
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(lines, ["65534\n", "65534\n", "t0k3n"]);
+    controller.remove(&cancel).unwrap();
+}

@@ -103,12 +103,14 @@ pub struct ProcessExecutor {
 
 impl ProcessExecutor {
     /// An executor keeping its tasks' directories under `state_dir`, which is
-    /// created (mode 0700) if missing. Starts the reaper thread.
+    /// created if missing with mode 0711: a task running as another user may pass
+    /// through to its own directory (mode 0700, owned by that user) but not list the
+    /// others. Starts the reaper thread.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<ProcessExecutor, Error> {
         let state_dir = state_dir.into();
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&state_dir)
             .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
         let supervisor = Supervisor::start()
