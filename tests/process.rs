@@ -458,6 +458,14 @@ fn bad_specs_reject_the_task_with_a_message_naming_the_problem() {
             "invalid task spec: env entry 0 is not KEY=VALUE".into(),
         ),
         (
+            with(|s| s.user = Some("no-such-user-xyz".into())),
+            "invalid task spec: unknown user \"no-such-user-xyz\"".into(),
+        ),
+        (
+            with(|s| s.group = Some("no-such-group-xyz".into())),
+            "invalid task spec: unknown group \"no-such-group-xyz\"".into(),
+        ),
+        (
             with(|s| s.stop_signal = Some("SIGNOPE".into())),
             "invalid task spec: unknown stop signal \"SIGNOPE\"".into(),
         ),

@@ -99,53 +99,49 @@ pub(super) fn effective_uid() -> u32 {
 
 /// The uid and primary gid of the user `name`, through the system's user database.
 pub(super) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: passwd is plain data for which all-zero bytes are a valid value.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: `name` is NUL-terminated,
-        // `entry` and `found` are writable, `buf` is writable for its length.
-        let ret = unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut entry,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut found,
-            )
-        };
-        match ret {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some((entry.pw_uid, entry.pw_gid))),
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
-            errno => return Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
+    lookup(name, libc::getpwnam_r, |user: &libc::passwd| {
+        (user.pw_uid, user.pw_gid)
+    })
 }
 
 /// The gid of the group `name`, through the system's group database.
 pub(super) fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    lookup(name, libc::getgrnam_r, |group: &libc::group| group.gr_gid)
+}
+
+/// The shape of `getpwnam_r` and `getgrnam_r`.
+type GetByName<E> = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut E,
+    *mut libc::c_char,
+    libc::size_t,
+    *mut *mut E,
+) -> libc::c_int;
+
+/// Looks `name` up with a reentrant `get*nam_r` function, growing its buffer while
+/// it reports `ERANGE`, and reads the answer with `read`.
+fn lookup<E, T>(name: &str, get: GetByName<E>, read: impl Fn(&E) -> T) -> io::Result<Option<T>> {
     let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0 as libc::c_char; 4096];
     loop {
-        // SAFETY: group is plain data for which all-zero bytes are a valid value.
-        let mut entry: libc::group = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: as in `lookup_user`: every pointer is valid and writable.
+        let mut entry = std::mem::MaybeUninit::<E>::uninit();
+        let mut found: *mut E = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated, `entry` and `found` are writable, and
+        // `buf` is writable for its length; `get` writes nothing else.
         let ret = unsafe {
-            libc::getgrnam_r(
+            get(
                 name.as_ptr(),
-                &mut entry,
-                buf.as_mut_ptr().cast(),
+                entry.as_mut_ptr(),
+                buf.as_mut_ptr(),
                 buf.len(),
                 &mut found,
             )
         };
         match ret {
             0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some(entry.gr_gid)),
+            // SAFETY: a zero return with a non-null result means `entry` was filled
+            // in, its strings pointing into `buf`, which outlives this read.
+            0 => return Ok(Some(read(unsafe { entry.assume_init_ref() }))),
             libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
             errno => return Err(io::Error::from_raw_os_error(errno)),
         }
