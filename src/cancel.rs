@@ -1,15 +1,14 @@
 //! [`CancelToken`]: cancellation and deadlines for blocking calls.
 
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::timer::{self, Due};
 use crate::Error;
 
 /// Tells a blocking call to give up: the replacement for Go's `context.Context`.
@@ -197,7 +196,10 @@ impl CancelToken {
             (Some(reason), _) => child.cancel(reason),
             // Even an inherited deadline gets its own entry: the parent may be dropped
             // before it expires, and nothing would then wake this token's `done()`.
-            (None, Some(at)) => timer::schedule(at, Arc::downgrade(&child)),
+            (None, Some(at)) => {
+                let due: Weak<dyn Due> = Arc::downgrade(&child) as Weak<dyn Due>;
+                timer::schedule(at, due)
+            }
             (None, None) => {}
         }
         CancelToken { inner: child }
@@ -282,83 +284,13 @@ impl fmt::Debug for CancelToken {
     }
 }
 
-/// The one thread that cancels tokens whose deadline has passed.
-mod timer {
-    use super::*;
-
-    struct Entry {
-        at: Instant,
-        token: Weak<Inner>,
+impl Due for Inner {
+    fn fire(&self) {
+        self.cancel(Reason::DeadlineExceeded);
     }
 
-    // Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline first.
-    impl Ord for Entry {
-        fn cmp(&self, other: &Self) -> CmpOrdering {
-            other.at.cmp(&self.at)
-        }
-    }
-    impl PartialOrd for Entry {
-        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-            Some(self.cmp(other))
-        }
-    }
-    impl PartialEq for Entry {
-        fn eq(&self, other: &Self) -> bool {
-            self.at == other.at
-        }
-    }
-    impl Eq for Entry {}
-
-    /// Asks the timer thread to cancel `token` at `at`. Should the thread fail to
-    /// start, tokens still expire when checked; only `done()` receivers go unwoken.
-    pub(super) fn schedule(at: Instant, token: Weak<Inner>) {
-        static TIMER: OnceLock<Option<Sender<Entry>>> = OnceLock::new();
-        let sender = TIMER.get_or_init(|| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            std::thread::Builder::new()
-                .name("swarmexec-timer".into())
-                .spawn(move || run(rx))
-                .map_err(|e| log::error!("cannot start the deadline timer thread: {e}"))
-                .ok()
-                .map(|_| tx)
-        });
-        if let Some(sender) = sender {
-            // The receiver lives as long as the process: sending cannot fail.
-            let _ = sender.send(Entry { at, token });
-        }
-    }
-
-    fn run(requests: Receiver<Entry>) {
-        let mut heap = BinaryHeap::<Entry>::new();
-        let mut prune_above = 1024;
-        loop {
-            let now = Instant::now();
-            while heap.peek().is_some_and(|e| e.at <= now) {
-                if let Some(token) = heap.pop().and_then(|e| e.token.upgrade()) {
-                    token.cancel(Reason::DeadlineExceeded);
-                }
-            }
-            let request = match heap.peek() {
-                Some(next) => requests.recv_deadline(next.at).ok(),
-                None => match requests.recv() {
-                    Ok(entry) => Some(entry),
-                    Err(_) => return,
-                },
-            };
-            if let Some(entry) = request {
-                heap.push(entry);
-                // Tokens dropped or cancelled early would otherwise sit here until
-                // their deadline.
-                if heap.len() > prune_above {
-                    heap.retain(|e| {
-                        e.token
-                            .upgrade()
-                            .is_some_and(|t| !t.cancelled.load(Ordering::Acquire))
-                    });
-                    prune_above = (heap.len() * 2).max(1024);
-                }
-            }
-        }
+    fn is_stale(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 

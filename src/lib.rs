@@ -85,6 +85,7 @@ pub mod executor;
 pub mod process;
 mod state;
 mod stub;
+mod timer;
 
 pub use cancel::CancelToken;
 pub use controller::{
