@@ -60,6 +60,12 @@ pub enum Error {
     /// Any other error, typically from a controller's runtime.
     #[error(transparent)]
     Other(Box<dyn StdError + Send + Sync>),
+    /// The [`TaskManager`](crate::agent::TaskManager) was closed.
+    #[error("task manager closed")]
+    TaskManagerClosed,
+    /// The [`Worker`](crate::agent::Worker) was closed.
+    #[error("worker closed")]
+    WorkerClosed,
     /// A task's spec cannot be run as written; the text names the problem.
     #[error("invalid task spec: {0}")]
     InvalidSpec(String),

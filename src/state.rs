@@ -138,6 +138,21 @@ pub fn resolve<E: Executor + ?Sized>(
     (status, controller)
 }
 
+/// The status of a task that failed outside any controller error (for example a
+/// controller that panicked): `Rejected` before it started, else `Failed`, with `err`.
+/// A terminal state is kept.
+pub(crate) fn failed_status(task: &Task, err: String) -> TaskStatus {
+    let old = &task.status;
+    let state = match old.state {
+        s if s.is_terminal() => s,
+        s if s < TaskState::Starting => TaskState::Rejected,
+        _ => TaskState::Failed,
+    };
+    let mut status = derive(old, state, None, err);
+    finish(task, &mut status, true);
+    status
+}
+
 /// What the task's state and desired state call for.
 enum Step {
     Noop,
