@@ -304,15 +304,17 @@ impl Inner {
 
             let (status, result) = self.step(&cancel, &task, update);
             let changed = status != task.status;
+            state = self.state.lock();
+            state.in_flight = None;
             if changed {
+                // Stored before it is reported: whoever hears of it finds it here.
+                state.task.status.clone_from(&status);
+                drop(state);
                 if let Err(e) = self.reporter.update_task_status(&self.id, &status) {
                     log::warn!(target: "swarmexec", "task {}: reporting its status failed: {e}", self.id);
                 }
+                state = self.state.lock();
             }
-
-            state = self.state.lock();
-            state.in_flight = None;
-            state.task.status = status;
             let next = match result {
                 Ok(()) => {
                     state.backoff = None;
