@@ -26,6 +26,9 @@
 //!   ([`DependencyManager`], [`DependencyGetter`]) and the stores in [`executor`],
 //!   whose per-task view serves only what the task's spec references.
 //! - [`StubController`] is a controller for tests whose every method is a closure.
+//! - [`process::ProcessExecutor`] (Linux) runs tasks as supervised OS processes.
+//! - [`agent::Worker`] and [`agent::TaskManager`] keep calling `do_task` for every
+//!   task assigned to the node, on a shared pool of threads, and report statuses.
 //!
 //! # Driving a task
 //!
@@ -71,7 +74,10 @@
 //! # Being a guest
 //!
 //! The crate never prints (it logs through the `log` crate, target `swarmexec`),
-//! installs no signal handlers, and names every thread it starts (`swarmexec-*`).
+//! installs no signal handlers, never waits for a child it did not spawn, and names
+//! every thread it starts: `swarmexec-timer` (deadlines and retries),
+//! `swarmexec-reap` (one per process executor), `swarmexec-task` and
+//! `swarmexec-pool` (the task managers' pool).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
