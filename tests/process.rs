@@ -821,3 +821,31 @@ fn as_root_a_task_runs_as_its_user_and_owns_its_secrets() {
     assert_eq!(lines, ["65534\n", "65534\n", "t0k3n"]);
     controller.remove(&cancel).unwrap();
 }
+
+#[test]
+fn a_program_started_from_a_thread_that_blocks_signals_can_still_be_stopped() {
+    let f = fixture();
+    let mut s = spec(&["sleep", "30"]);
+    s.stop_grace_period = Some(Duration::from_secs(20));
+    let controller = thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a zeroed sigset_t is valid and initialised by sigemptyset;
+                // blocking SIGTERM affects only this short-lived thread.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                started(&f.executor, "masked", s)
+            })
+            .join()
+            .unwrap()
+    });
+    let start = Instant::now();
+    controller.shutdown(&CancelToken::new()).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "SIGTERM reached the program");
+    let err = controller.wait(&CancelToken::new()).unwrap_err();
+    assert_eq!(err.exit_code(), Some(143));
+}

@@ -403,8 +403,9 @@ fn command(launch: &Launch) -> Command {
     if let Some((uid, gid)) = launch.credentials {
         command.uid(uid).gid(gid);
     }
-    if !launch.rlimits.is_empty() {
-        sys::set_rlimits_in_child(&mut command, &launch.rlimits);
+    let unblock_signals = sys::thread_blocks_signals();
+    if !launch.rlimits.is_empty() || unblock_signals {
+        sys::set_up_child(&mut command, &launch.rlimits, unblock_signals);
     }
     command
 }

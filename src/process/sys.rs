@@ -162,13 +162,32 @@ fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
     }
 }
 
-/// Makes `command` apply `limits` in the child, between fork and exec.
+/// True when the calling thread blocks any signal. A child inherits the mask of
+/// the thread that spawns it, and neither `posix_spawn` nor the standard library
+/// clears it: a host that blocks SIGTERM to `sigwait` for it would otherwise start
+/// programs that can never be asked to stop.
+pub(super) fn thread_blocks_signals() -> bool {
+    // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
+    let mut current: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new set only reads the mask, into the writable `current`.
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current) } != 0 {
+        return true;
+    }
+    // SAFETY: `current` is an initialised sigset_t and every number is a signal.
+    (1..=libc::SIGRTMAX()).any(|signal| unsafe { libc::sigismember(&current, signal) } == 1)
+}
+
+/// Makes the child apply `limits` and, when `unblock_signals` is set, clear its
+/// signal mask, between fork and exec.
 ///
-/// This is the one use of `pre_exec`: no spawning option sets resource limits, and
-/// setting them from the parent after the spawn would let the program run unlimited
-/// for a while. It costs the fast `posix_spawn` path, so it is added only when a task
-/// asks for limits.
-pub(super) fn set_rlimits_in_child(command: &mut std::process::Command, limits: &[Rlimit]) {
+/// This is the one use of `pre_exec`: no spawning option does either (setting
+/// limits from the parent after the spawn would let the program run unlimited for a
+/// while). It costs the fast `posix_spawn` path, so it is added only when needed.
+pub(super) fn set_up_child(
+    command: &mut std::process::Command,
+    limits: &[Rlimit],
+    unblock_signals: bool,
+) {
     use std::os::unix::process::CommandExt;
     let limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
         .iter()
@@ -180,6 +199,10 @@ pub(super) fn set_rlimits_in_child(command: &mut std::process::Command, limits: 
             (resource_id(l.resource), value)
         })
         .collect();
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut empty) };
     let apply = move || {
         for (resource, value) in &limits {
             // SAFETY: setrlimit reads a valid rlimit and is async-signal-safe.
@@ -187,10 +210,17 @@ pub(super) fn set_rlimits_in_child(command: &mut std::process::Command, limits: 
                 return Err(io::Error::last_os_error());
             }
         }
+        // SAFETY: sigprocmask reads a valid sigset_t and is async-signal-safe; the
+        // child has a single thread, so the process mask is the thread's.
+        if unblock_signals
+            && unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
         Ok(())
     };
-    // SAFETY: the closure allocates nothing and calls only setrlimit, which is
-    // async-signal-safe, so it is sound to run in the forked child.
+    // SAFETY: the closure allocates nothing and calls only setrlimit and
+    // sigprocmask, which are async-signal-safe, so it is sound in the forked child.
     unsafe { command.pre_exec(apply) };
 }
 
