@@ -329,8 +329,17 @@ fn run(options: RunOptions) -> ExitCode {
         return fail(&e);
     }
     let code = supervise(&worker, task, &statuses, &signals, options.quiet);
+    // Removing the task deletes its files; after a second SIGINT the worker is
+    // closed already and the directory goes by hand.
+    let removal = AssignmentChanges {
+        removed_tasks: vec![TASK_ID.into()],
+        ..Default::default()
+    };
+    if worker.update(removal).is_ok() {
+        worker.wait();
+    }
     worker.close();
-    drop(state_dir);
+    let _ = std::fs::remove_dir_all(state_dir.path.join(TASK_ID));
     code
 }
 

@@ -845,7 +845,10 @@ fn a_program_started_from_a_thread_that_blocks_signals_can_still_be_stopped() {
     });
     let start = Instant::now();
     controller.shutdown(&CancelToken::new()).unwrap();
-    assert!(start.elapsed() < Duration::from_secs(10), "SIGTERM reached the program");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "SIGTERM reached the program"
+    );
     let err = controller.wait(&CancelToken::new()).unwrap_err();
     assert_eq!(err.exit_code(), Some(143));
 }

@@ -1,0 +1,285 @@
+//! The `swarmexec` command, run as a user would.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
+
+fn swarmexec(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("swarmexec runs")
+}
+
+fn code(output: &Output) -> i32 {
+    output
+        .status
+        .code()
+        .expect("swarmexec exits, it is not killed")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_program_exit_code_is_passed_through() {
+    let out = swarmexec(&["run", "--", "sh", "-c", "echo hello from a task; exit 3"]);
+    assert_eq!(code(&out), 3);
+    assert_eq!(text(&out.stdout), "hello from a task\n");
+    let transitions = text(&out.stderr);
+    for state in [
+        "ACCEPTED",
+        "PREPARING",
+        "READY",
+        "STARTING",
+        "RUNNING",
+        "FAILED",
+    ] {
+        assert!(transitions.contains(state), "{transitions}");
+    }
+    assert!(
+        transitions.contains("exited with status 3"),
+        "{transitions}"
+    );
+    assert_eq!(code(&swarmexec(&["run", "--quiet", "--", "true"])), 0);
+}
+
+#[test]
+fn output_streams_go_to_their_own_streams() {
+    let out = swarmexec(&["run", "--quiet", "--", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n", "--quiet prints no transitions");
+}
+
+#[test]
+fn a_program_killed_by_a_signal_exits_with_128_plus_the_signal() {
+    let out = swarmexec(&["run", "--quiet", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(code(&out), 137);
+}
+
+#[test]
+fn a_missing_program_exits_127_and_an_unexecutable_one_126() {
+    let out = swarmexec(&["run", "--", "no-such-program-anywhere"]);
+    assert_eq!(code(&out), 127);
+    assert!(text(&out.stderr).contains("program not found: no-such-program-anywhere"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.sh");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = swarmexec(&["run", "--", script.to_str().unwrap()]);
+    assert_eq!(code(&out), 126);
+}
+
+#[test]
+fn bad_command_lines_exit_125_with_one_clear_line_and_a_hint() {
+    for (args, problem, hint) in [
+        (
+            &["run", "--bogus", "--", "true"][..],
+            "invalid option '--bogus'",
+            "swarmexec run --help",
+        ),
+        (&["run"][..], "no program given", "swarmexec run --help"),
+        (
+            &["run", "--env", "NOEQUALS", "--", "true"][..],
+            "--env expects NAME=VALUE",
+            "swarmexec run --help",
+        ),
+        (
+            &["run", "--stop-grace", "soon", "--", "true"][..],
+            "--stop-grace expects a duration",
+            "swarmexec run --help",
+        ),
+        (
+            &["launch"][..],
+            "unknown command \"launch\"",
+            "swarmexec --help",
+        ),
+        (&[][..], "no command given", "swarmexec --help"),
+    ] {
+        let out = swarmexec(args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        let stderr = text(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("swarmexec: ") && lines[0].contains(problem),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(lines[1], format!("Try '{hint}'."));
+    }
+}
+
+#[test]
+fn an_unusable_state_dir_exits_125() {
+    let out = swarmexec(&["run", "--state-dir", "/proc/no-such/dir", "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("state directory /proc/no-such/dir"));
+}
+
+#[test]
+fn help_and_version() {
+    for args in [&["--help"][..], &["run", "--help"], &["describe", "--help"]] {
+        let out = swarmexec(args);
+        assert_eq!(code(&out), 0);
+        assert!(text(&out.stdout).starts_with("Usage:") || text(&out.stdout).contains("Usage:"));
+    }
+    let out = swarmexec(&["--version"]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("swarmexec {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn describe_prints_the_node() {
+    let out = swarmexec(&["describe"]);
+    assert_eq!(code(&out), 0);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("os: linux"), "{stdout}");
+    assert!(stdout.contains("cpus: "), "{stdout}");
+}
+
+#[test]
+fn a_secret_file_is_visible_to_the_program_with_mode_0400_and_gone_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password.txt");
+    fs::write(&secret, "s3cr3t").unwrap();
+    let state = dir.path().join("state");
+    let secret_arg = format!("db={}", secret.display());
+    let out = swarmexec(&[
+        "run",
+        "--quiet",
+        "--secret",
+        &secret_arg,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "stat -c %a \"$SWARMEXEC_SECRETS_DIR/db\"; cat \"$SWARMEXEC_SECRETS_DIR/db\"",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "400\ns3cr3t");
+    let left: Vec<_> = fs::read_dir(&state).unwrap().collect();
+    assert!(left.is_empty(), "the task's files are gone: {left:?}");
+}
+
+#[test]
+fn the_default_state_dir_is_removed_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    fs::write(&secret, "t").unwrap();
+    let secret_arg = format!("token={}", secret.display());
+    let script = "echo \"$SWARMEXEC_TASK_ID\"; echo \"$SWARMEXEC_SECRETS_DIR\"";
+    let out = swarmexec(&[
+        "run",
+        "--quiet",
+        "--secret",
+        &secret_arg,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "run");
+    let secrets_dir = std::path::Path::new(lines[1]);
+    let state_dir = secrets_dir.parent().and_then(|task| task.parent()).unwrap();
+    assert!(state_dir.starts_with(std::env::temp_dir()), "{state_dir:?}");
+    assert!(!state_dir.exists(), "{state_dir:?} is left behind");
+}
+
+/// Starts `swarmexec run` with `args`, and waits until the program printed `ready`.
+fn start_until_ready(args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, stdout)
+}
+
+fn send(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_stops_a_program_that_traps_it_within_the_grace_period() {
+    let (mut child, mut stdout) = start_until_ready(&[
+        "run",
+        "--stop-grace",
+        "20s",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    let start = Instant::now();
+    send(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "well within the grace period"
+    );
+    assert_eq!(status.code(), Some(0), "the program's own exit code");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+}
+
+#[test]
+fn a_program_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let (mut child, _stdout) = start_until_ready(&[
+        "run",
+        "--stop-grace",
+        "500ms",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready; sleep 30",
+    ]);
+    let start = Instant::now();
+    send(&child, "-TERM");
+    let status = child.wait().unwrap();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(status.code(), Some(137));
+}
+
+#[test]
+fn a_second_sigint_kills_at_once() {
+    let (mut child, _stdout) = start_until_ready(&[
+        "run",
+        "--stop-grace",
+        "20s",
+        "--",
+        "sh",
+        "-c",
+        "trap '' INT TERM; echo ready; sleep 30",
+    ]);
+    let start = Instant::now();
+    send(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(100));
+    send(&child, "-INT");
+    let status = child.wait().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(137));
+}
