@@ -21,24 +21,7 @@ use crossbeam_channel::{unbounded, Receiver};
 use swarmexec::agent::{AssignmentChanges, Worker};
 use swarmexec::api::*;
 use swarmexec::process::ProcessExecutor;
-use swarmexec::{CancelToken, Controller, Error, Executor, StubController};
-
-struct StubExecutor;
-
-impl Executor for StubExecutor {
-    fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> {
-        Ok(NodeDescription::default())
-    }
-    fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> {
-        Ok(())
-    }
-    fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-        Ok(Box::new(StubController::new()))
-    }
-    fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> {
-        Ok(())
-    }
-}
+use swarmexec::{Error, Executor, StubExecutor};
 
 fn task(id: String, runtime: Option<Runtime>) -> Task {
     let mut task = Task {
@@ -76,7 +59,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn stub_lifecycle() -> (f64, f64) {
-    let (worker, _listener, completed) = listened(Arc::new(StubExecutor), TaskState::Completed);
+    let (worker, _listener, completed) =
+        listened(Arc::new(StubExecutor::new()), TaskState::Completed);
     let mut samples = Vec::new();
     for i in 0..3_000 {
         let start = Instant::now();
@@ -96,7 +80,8 @@ fn stub_lifecycle() -> (f64, f64) {
 }
 
 fn stub_10000() -> f64 {
-    let (worker, _listener, completed) = listened(Arc::new(StubExecutor), TaskState::Completed);
+    let (worker, _listener, completed) =
+        listened(Arc::new(StubExecutor::new()), TaskState::Completed);
     let tasks: Vec<Task> = (0..10_000)
         .map(|i| task(format!("many-{i}"), None))
         .collect();

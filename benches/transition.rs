@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use swarmexec::api::{EncryptionKey, Node, NodeDescription, Task, TaskState, TaskStatus};
-use swarmexec::{do_task, resolve, CancelToken, Controller, Error, Executor, StubController};
+use swarmexec::api::{Task, TaskState, TaskStatus};
+use swarmexec::{do_task, resolve, CancelToken, Error, StubController, StubExecutor};
 
 /// Counts allocations, then lets the system allocator do the work.
 struct Counting;
@@ -135,27 +135,11 @@ fn task_in(state: TaskState, desired: TaskState, message: &str) -> Task {
     }
 }
 
-struct StubExecutor;
-
-impl Executor for StubExecutor {
-    fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> {
-        Ok(NodeDescription::default())
-    }
-    fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> {
-        Ok(())
-    }
-    fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-        Ok(Box::new(StubController::new()))
-    }
-    fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
 fn run() -> Vec<Row> {
     let overhead = clock_overhead_ns();
     let cancel = CancelToken::new();
     let ctlr = StubController::new();
+    let executor = StubExecutor::new();
     let running = TaskState::Running;
 
     let paused = task_in(TaskState::Ready, TaskState::Ready, "prepared");
@@ -177,7 +161,7 @@ fn run() -> Vec<Row> {
         TaskState::Ready
     );
     assert_eq!(
-        resolve(&cancel, &assigned, &StubExecutor).0.state,
+        resolve(&cancel, &assigned, &executor).0.state,
         TaskState::Accepted
     );
 
@@ -204,7 +188,7 @@ fn run() -> Vec<Row> {
         }
     });
     let resolved = measure("resolve", overhead, || {
-        let _ = black_box(resolve(&cancel, black_box(&assigned), &StubExecutor));
+        let _ = black_box(resolve(&cancel, black_box(&assigned), &executor));
     });
     vec![noop, transition, prepare, lifecycle, resolved, baseline]
 }

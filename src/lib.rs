@@ -25,7 +25,8 @@
 //! - Secrets and configs reach controllers through the dependency traits
 //!   ([`DependencyManager`], [`DependencyGetter`]) and the stores in [`executor`],
 //!   whose per-task view serves only what the task's spec references.
-//! - [`StubController`] is a controller for tests whose every method is a closure.
+//! - [`StubController`] is a controller for tests whose every method is a closure;
+//!   [`StubExecutor`] hands them out.
 //! - [`process::ProcessExecutor`] (Linux) runs tasks as supervised OS processes.
 //! - [`agent::Worker`] and [`agent::TaskManager`] keep calling `do_task` for every
 //!   task assigned to the node, on a shared pool of threads, and report statuses.
@@ -105,7 +106,7 @@ pub use executor::{
     SecretGetter, SecretsManager, SecretsProvider,
 };
 pub use state::{do_task, resolve};
-pub use stub::StubController;
+pub use stub::{StubController, StubExecutor};
 
 /// Runs the README's example as a doctest, so that it cannot rot.
 #[cfg(doctest)]

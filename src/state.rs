@@ -94,20 +94,11 @@ pub fn do_task<C: Controller + ?Sized>(
 ///
 /// ```
 /// use swarmexec::api::{Task, TaskState};
-/// use swarmexec::resolve;
-/// # use swarmexec::{api::*, CancelToken, Controller, Error, Executor, StubController};
-/// # struct StubExecutor;
-/// # impl Executor for StubExecutor {
-/// #     fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> { Ok(Default::default()) }
-/// #     fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> { Ok(()) }
-/// #     fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-/// #         Ok(Box::new(StubController::new()))
-/// #     }
-/// #     fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> { Ok(()) }
-/// # }
+/// use swarmexec::{resolve, CancelToken, StubExecutor};
+///
 /// let mut task = Task { desired_state: TaskState::Running, ..Default::default() };
 /// task.status.state = TaskState::Assigned;
-/// let (status, controller) = resolve(&CancelToken::new(), &task, &StubExecutor);
+/// let (status, controller) = resolve(&CancelToken::new(), &task, &StubExecutor::new());
 /// assert!(controller.is_ok());
 /// assert_eq!(status.state, TaskState::Accepted);
 /// ```

@@ -1,10 +1,14 @@
-//! [`StubController`]: a controller whose behaviour tests choose.
+//! Test doubles: [`StubController`], a controller whose behaviour tests choose, and
+//! [`StubExecutor`], which hands such controllers out.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::api::{ContainerStatus, PortStatus, Task};
-use crate::{CancelToken, ContainerStatuser, Controller, Error, PortStatuser};
+use crate::api::{ContainerStatus, EncryptionKey, Node, NodeDescription, PortStatus, Task};
+use crate::executor::DependencyStore;
+use crate::{
+    CancelToken, ContainerStatuser, Controller, DependencyManager, Error, Executor, PortStatuser,
+};
 
 type TaskFn = Box<dyn Fn(&CancelToken, &Task) -> Result<(), Error> + Send + Sync>;
 type OpFn = Box<dyn Fn(&CancelToken) -> Result<(), Error> + Send + Sync>;
@@ -253,5 +257,95 @@ impl fmt::Debug for StubController {
             calls.entry(name, &count.load(Ordering::Relaxed));
         }
         calls.finish()
+    }
+}
+
+type ControllerFn = Box<dyn Fn(&Task) -> Result<Box<dyn Controller>, Error> + Send + Sync>;
+
+/// An [`Executor`] for tests: hands out a [`StubController`] for every task, or
+/// what the closure set with [`on_controller`](StubExecutor::on_controller) makes,
+/// and keeps secrets and configs in a [`DependencyStore`].
+///
+/// ```
+/// use swarmexec::api::Task;
+/// use swarmexec::{resolve, CancelToken, Error, StubExecutor};
+/// let refusing = StubExecutor::new().on_controller(|_| Err(Error::RuntimeUnsupported));
+/// let (status, controller) = resolve(&CancelToken::new(), &Task::default(), &refusing);
+/// assert!(controller.is_err());
+/// assert_eq!(status.err, "exec: unsupported runtime");
+/// ```
+pub struct StubExecutor {
+    controller_fn: Option<ControllerFn>,
+    description: NodeDescription,
+    dependencies: DependencyStore,
+}
+
+impl StubExecutor {
+    /// An executor handing out a fresh [`StubController`] for every task.
+    pub fn new() -> Self {
+        StubExecutor {
+            controller_fn: None,
+            description: NodeDescription::default(),
+            dependencies: DependencyStore::new(),
+        }
+    }
+
+    /// Sets how controllers are made.
+    pub fn on_controller(
+        mut self,
+        f: impl Fn(&Task) -> Result<Box<dyn Controller>, Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.controller_fn = Some(Box::new(f));
+        self
+    }
+
+    /// Sets what `describe` returns.
+    pub fn with_description(mut self, description: NodeDescription) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// The executor's secrets and configs.
+    pub fn dependency_store(&self) -> &DependencyStore {
+        &self.dependencies
+    }
+}
+
+impl Default for StubExecutor {
+    fn default() -> Self {
+        StubExecutor::new()
+    }
+}
+
+impl Executor for StubExecutor {
+    fn describe(&self, _cancel: &CancelToken) -> Result<NodeDescription, Error> {
+        Ok(self.description.clone())
+    }
+
+    fn configure(&self, _cancel: &CancelToken, _node: &Node) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn controller(&self, task: &Task) -> Result<Box<dyn Controller>, Error> {
+        match &self.controller_fn {
+            Some(f) => f(task),
+            None => Ok(Box::new(StubController::new())),
+        }
+    }
+
+    fn set_network_bootstrap_keys(&self, _keys: &[EncryptionKey]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn dependencies(&self) -> Option<&dyn DependencyManager> {
+        Some(&self.dependencies)
+    }
+}
+
+impl fmt::Debug for StubExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StubExecutor")
+            .field("dependencies", &self.dependencies)
+            .finish_non_exhaustive()
     }
 }

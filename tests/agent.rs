@@ -11,7 +11,9 @@ use parking_lot::Mutex;
 use swarmexec::agent::{AssignmentChanges, ManagerOptions, TaskManager, Worker};
 use swarmexec::api::*;
 use swarmexec::process::ProcessExecutor;
-use swarmexec::{make_temporary, CancelToken, Controller, Error, Executor, StubController};
+use swarmexec::{
+    make_temporary, CancelToken, Controller, Error, Executor, StubController, StubExecutor,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -237,33 +239,23 @@ fn a_panicking_controller_fails_its_task_and_nothing_else() {
     states_until(&reports, reached(TaskState::Completed));
 }
 
-/// An executor of stub controllers that counts, per task, what was called.
-#[derive(Default)]
-struct StubExecutor {
-    calls: Arc<Mutex<HashMap<String, Vec<&'static str>>>>,
-    waits_block: bool,
-    stores: swarmexec::executor::DependencyStore,
+/// What was called on each task's controller.
+type Calls = Arc<Mutex<HashMap<String, Vec<&'static str>>>>;
+
+fn count(calls: &Calls, task: &str, method: &str) -> usize {
+    let calls = calls.lock();
+    calls
+        .get(task)
+        .map_or(0, |c| c.iter().filter(|m| **m == method).count())
 }
 
-impl StubExecutor {
-    fn calls(&self, task: &str, method: &str) -> usize {
-        let calls = self.calls.lock();
-        calls
-            .get(task)
-            .map_or(0, |c| c.iter().filter(|m| **m == method).count())
-    }
-}
-
-impl Executor for StubExecutor {
-    fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> {
-        Ok(NodeDescription::default())
-    }
-    fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> {
-        Ok(())
-    }
-    fn controller(&self, task: &Task) -> Result<Box<dyn Controller>, Error> {
+/// An executor of stub controllers that record, per task, what was called.
+fn recording_executor(waits_block: bool) -> (Arc<StubExecutor>, Calls) {
+    let calls = Calls::default();
+    let recorded = Arc::clone(&calls);
+    let executor = StubExecutor::new().on_controller(move |task| {
         let record = |method: &'static str| {
-            let calls = Arc::clone(&self.calls);
+            let calls = Arc::clone(&recorded);
             let id = task.id.clone();
             move |_: &CancelToken| {
                 calls.lock().entry(id.clone()).or_default().push(method);
@@ -275,20 +267,15 @@ impl Executor for StubExecutor {
             .on_shutdown(record("shutdown"))
             .on_remove(record("remove"))
             .on_close(move || close(&CancelToken::new()));
-        if self.waits_block {
+        if waits_block {
             stub = stub.on_wait(|cancel| {
                 cancel.wait();
                 Err(cancel.err().unwrap())
             });
         }
-        Ok(Box::new(stub))
-    }
-    fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> {
-        Ok(())
-    }
-    fn dependencies(&self) -> Option<&dyn swarmexec::DependencyManager> {
-        Some(&self.stores)
-    }
+        Ok(Box::new(stub) as Box<dyn Controller>)
+    });
+    (Arc::new(executor), calls)
 }
 
 fn listening(worker: &Worker) -> (swarmexec::agent::Listener, Reports) {
@@ -309,11 +296,8 @@ fn all_reach(reports: &Reports, ids: &[String], state: TaskState) {
 
 #[test]
 fn removal_by_reassignment_removes_and_closes_the_controller_once() {
-    let executor = Arc::new(StubExecutor {
-        waits_block: true,
-        ..Default::default()
-    });
-    let worker = Worker::new(Arc::clone(&executor) as Arc<dyn Executor>);
+    let (executor, calls) = recording_executor(true);
+    let worker = Worker::new(executor);
     let (_listener, reports) = listening(&worker);
     let ids = ["a".to_string(), "b".to_string()];
     let tasks = ids
@@ -330,21 +314,21 @@ fn removal_by_reassignment_removes_and_closes_the_controller_once() {
         )
         .unwrap();
     let deadline = Instant::now() + LONG;
-    while executor.calls("a", "close") == 0 {
+    while count(&calls, "a", "close") == 0 {
         assert!(Instant::now() < deadline, "a was not removed");
         thread::sleep(Duration::from_millis(5));
     }
     thread::sleep(Duration::from_millis(50));
     assert_eq!(
-        ["shutdown", "remove", "close"].map(|m| executor.calls("a", m)),
+        ["shutdown", "remove", "close"].map(|m| count(&calls, "a", m)),
         [1, 1, 1]
     );
-    assert_eq!(executor.calls("b", "remove"), 0);
+    assert_eq!(count(&calls, "b", "remove"), 0);
     assert!(!worker.statuses().contains_key("a"));
 
     worker.close();
     assert_eq!(
-        executor.calls("b", "close"),
+        count(&calls, "b", "close"),
         1,
         "close closes every controller"
     );
@@ -357,7 +341,7 @@ fn removal_by_reassignment_removes_and_closes_the_controller_once() {
 
 #[test]
 fn secrets_reach_the_stores_before_their_tasks_and_leave_when_unreferenced() {
-    let executor = Arc::new(StubExecutor::default());
+    let executor = Arc::new(StubExecutor::new());
     let worker = Worker::new(Arc::clone(&executor) as Arc<dyn Executor>);
     let secret = Secret {
         id: "s1".into(),
@@ -377,7 +361,7 @@ fn secrets_reach_the_stores_before_their_tasks_and_leave_when_unreferenced() {
         .assign(vec![t], vec![secret.clone()], vec![])
         .unwrap();
     use swarmexec::SecretsProvider;
-    assert!(executor.stores.secrets().get("s1").is_ok());
+    assert!(executor.dependency_store().secrets().get("s1").is_ok());
 
     worker
         .update(AssignmentChanges {
@@ -386,7 +370,7 @@ fn secrets_reach_the_stores_before_their_tasks_and_leave_when_unreferenced() {
         })
         .unwrap();
     assert!(
-        executor.stores.secrets().get("s1").is_err(),
+        executor.dependency_store().secrets().get("s1").is_err(),
         "no task references it any more"
     );
     worker.wait();
@@ -394,7 +378,7 @@ fn secrets_reach_the_stores_before_their_tasks_and_leave_when_unreferenced() {
 
 #[test]
 fn a_listener_that_never_reads_blocks_nobody() {
-    let worker = Worker::new(Arc::new(StubExecutor::default()));
+    let worker = Worker::new(Arc::new(StubExecutor::new()));
     let (stuck_tx, stuck_rx) = bounded::<(String, TaskStatus)>(1);
     let stuck = worker.listen(stuck_tx);
     let (_listener, reports) = listening(&worker);
@@ -410,7 +394,7 @@ fn a_listener_that_never_reads_blocks_nobody() {
 
 #[test]
 fn a_new_listener_starts_with_the_current_status_of_each_task() {
-    let worker = Worker::new(Arc::new(StubExecutor::default()));
+    let worker = Worker::new(Arc::new(StubExecutor::new()));
     let (_first, reports) = listening(&worker);
     let ids = ["x".to_string(), "y".to_string()];
     let tasks = ids
@@ -424,7 +408,7 @@ fn a_new_listener_starts_with_the_current_status_of_each_task() {
 
 #[test]
 fn a_thousand_tasks_assigned_at_once_all_complete() {
-    let worker = Worker::new(Arc::new(StubExecutor::default()));
+    let worker = Worker::new(Arc::new(StubExecutor::new()));
     let (_listener, reports) = listening(&worker);
     let ids: Vec<String> = (0..1000).map(|i| format!("task-{i}")).collect();
     let tasks = ids
@@ -441,22 +425,8 @@ fn a_thousand_tasks_assigned_at_once_all_complete() {
 
 #[test]
 fn unresolvable_tasks_are_rejected_and_reported() {
-    struct NoController;
-    impl Executor for NoController {
-        fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> {
-            Ok(NodeDescription::default())
-        }
-        fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> {
-            Ok(())
-        }
-        fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-            Err(Error::RuntimeUnsupported)
-        }
-        fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> {
-            Ok(())
-        }
-    }
-    let worker = Worker::new(Arc::new(NoController));
+    let refusing = StubExecutor::new().on_controller(|_| Err(Error::RuntimeUnsupported));
+    let worker = Worker::new(Arc::new(refusing));
     let (_listener, reports) = listening(&worker);
     worker
         .assign(

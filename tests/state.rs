@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use swarmexec::api::*;
 use swarmexec::{
-    do_task, make_temporary, resolve, CancelToken, Controller, Error, Executor, ExitError,
-    StubController,
+    do_task, make_temporary, resolve, CancelToken, Error, ExitError, StubController, StubExecutor,
 };
 
 fn task(state: TaskState, desired: TaskState) -> Task {
@@ -426,26 +425,9 @@ fn the_controller_sees_the_token_it_was_given() {
     assert_eq!(result.0.state, TaskState::Running);
 }
 
-struct FixedExecutor(fn() -> Result<Box<dyn Controller>, Error>);
-
-impl Executor for FixedExecutor {
-    fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> {
-        Ok(NodeDescription::default())
-    }
-    fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> {
-        Ok(())
-    }
-    fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-        (self.0)()
-    }
-    fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
 #[test]
 fn resolve_failures_depend_on_how_far_the_task_got() {
-    let failing = FixedExecutor(|| Err(Error::RuntimeUnsupported));
+    let failing = StubExecutor::new().on_controller(|_| Err(Error::RuntimeUnsupported));
     for (state, end) in [
         (TaskState::New, TaskState::Rejected),
         (TaskState::Assigned, TaskState::Rejected),
@@ -470,7 +452,7 @@ fn resolve_failures_depend_on_how_far_the_task_got() {
 
 #[test]
 fn resolve_success_accepts_a_task_not_yet_accepted() {
-    let working = FixedExecutor(|| Ok(Box::new(StubController::new())));
+    let working = StubExecutor::new();
     for state in [TaskState::New, TaskState::Pending, TaskState::Assigned] {
         let (status, ctlr) = resolve(
             &CancelToken::new(),

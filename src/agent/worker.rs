@@ -47,18 +47,9 @@ pub struct AssignmentChanges {
 /// use crossbeam_channel::unbounded;
 /// use swarmexec::agent::Worker;
 /// use swarmexec::api::*;
-/// # use swarmexec::{CancelToken, Controller, Error, Executor, StubController};
-/// # struct StubExecutor;
-/// # impl Executor for StubExecutor {
-/// #     fn describe(&self, _: &CancelToken) -> Result<NodeDescription, Error> { Ok(Default::default()) }
-/// #     fn configure(&self, _: &CancelToken, _: &Node) -> Result<(), Error> { Ok(()) }
-/// #     fn controller(&self, _: &Task) -> Result<Box<dyn Controller>, Error> {
-/// #         Ok(Box::new(StubController::new()))
-/// #     }
-/// #     fn set_network_bootstrap_keys(&self, _: &[EncryptionKey]) -> Result<(), Error> { Ok(()) }
-/// # }
+/// use swarmexec::{Error, StubExecutor};
 ///
-/// let worker = Worker::new(Arc::new(StubExecutor));
+/// let worker = Worker::new(Arc::new(StubExecutor::new()));
 /// let (reports, statuses) = unbounded::<(String, TaskStatus)>();
 /// let _listener = worker.listen(reports);
 /// let task = Task { id: "job.1".into(), desired_state: TaskState::Running, ..Default::default() };
