@@ -116,7 +116,8 @@ struct Usage {
 }
 
 impl Usage {
-    fn run(problem: impl std::fmt::Display) -> Usage {
+    /// A problem with `swarmexec run`'s arguments.
+    fn in_run(problem: impl std::fmt::Display) -> Usage {
         Usage {
             problem: problem.to_string(),
             hint: "swarmexec run --help",
@@ -154,7 +155,7 @@ fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {
     use lexopt::prelude::*;
     let mut options = RunOptions::default();
     let spec = &mut options.spec;
-    while let Some(arg) = parser.next().map_err(Usage::run)? {
+    while let Some(arg) = parser.next().map_err(Usage::in_run)? {
         match arg {
             Long("help") | Short('h') => return Ok(Command::Help(RUN_HELP)),
             Long("env") => spec
@@ -184,15 +185,15 @@ fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {
             Long("state-dir") => options.state_dir = Some(string_value(&mut parser)?.into()),
             Value(program) => {
                 spec.command.push(utf8(program)?);
-                for arg in parser.raw_args().map_err(Usage::run)? {
+                for arg in parser.raw_args().map_err(Usage::in_run)? {
                     spec.command.push(utf8(arg)?);
                 }
             }
-            other => return Err(Usage::run(other.unexpected())),
+            other => return Err(Usage::in_run(other.unexpected())),
         }
     }
     if options.spec.command.is_empty() {
-        return Err(Usage::run(
+        return Err(Usage::in_run(
             "no program given: swarmexec run [OPTIONS] -- PROGRAM [ARGS...]",
         ));
     }
@@ -200,19 +201,19 @@ fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {
 }
 
 fn string_value(parser: &mut lexopt::Parser) -> Result<String, Usage> {
-    utf8(parser.value().map_err(Usage::run)?)
+    utf8(parser.value().map_err(Usage::in_run)?)
 }
 
 fn utf8(arg: OsString) -> Result<String, Usage> {
     arg.into_string()
-        .map_err(|a| Usage::run(format!("{a:?} is not valid UTF-8")))
+        .map_err(|a| Usage::in_run(format!("{a:?} is not valid UTF-8")))
 }
 
 /// `KEY=VALUE`, checked, returned whole and split.
 fn key_value(flag: &str, entry: String) -> Result<(String, usize), Usage> {
     match entry.find('=') {
         Some(at) if at > 0 => Ok((entry, at)),
-        _ => Err(Usage::run(format!(
+        _ => Err(Usage::in_run(format!(
             "{flag} expects NAME=VALUE, got {entry:?}"
         ))),
     }
@@ -226,7 +227,7 @@ fn named_file(flag: &str, entry: String) -> Result<(String, PathBuf), Usage> {
 /// `10s`, `500ms`, `1.5m` or `2h`.
 fn duration(text: &str) -> Result<Duration, Usage> {
     let bad = || {
-        Usage::run(format!(
+        Usage::in_run(format!(
             "--stop-grace expects a duration like 10s or 500ms, got {text:?}"
         ))
     };

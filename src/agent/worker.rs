@@ -106,7 +106,7 @@ struct ReportState {
     listeners: Vec<Arc<listener::Shared>>,
 }
 
-impl StatusReporter for Arc<Reports> {
+impl StatusReporter for Reports {
     /// Records and fans out a manager's report; reports of tasks no longer
     /// assigned are dropped.
     fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
@@ -337,12 +337,13 @@ impl Inner {
             .statuses
             .insert(task.id.clone(), task.status.clone());
         if status != task.status {
-            let _ = Arc::clone(&self.reports).update_task_status(&task.id, &status);
+            let _ = self.reports.update_task_status(&task.id, &status);
         }
         task.status = status;
         let run = controller.ok().map(|controller| {
             let controller: Arc<dyn Controller> = Arc::from(controller);
-            let reporter: Arc<dyn StatusReporter> = Arc::new(Arc::clone(&self.reports));
+            let reporter: Arc<dyn StatusReporter> =
+                Arc::clone(&self.reports) as Arc<dyn StatusReporter>;
             let manager = TaskManager::with_options(
                 task.clone(),
                 Arc::clone(&controller),
