@@ -102,6 +102,12 @@ pub trait LogPublisher: Send + Sync {
 /// ```
 pub struct LogPublisherFn<F>(pub F);
 
+impl<F> std::fmt::Debug for LogPublisherFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogPublisherFn")
+    }
+}
+
 impl<F> LogPublisher for LogPublisherFn<F>
 where
     F: Fn(&CancelToken, LogMessage) -> Result<(), Error> + Send + Sync,

@@ -81,7 +81,7 @@
 //! `swarmexec-pool` (the task managers' pool).
 
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod agent;
 pub mod api;

@@ -315,6 +315,21 @@ impl ProcessController {
     }
 }
 
+impl std::fmt::Debug for ProcessController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        let pid = match &state.phase {
+            Phase::Started(started) => Some(started.process.pid()),
+            _ => None,
+        };
+        f.debug_struct("ProcessController")
+            .field("task_id", &state.task.id)
+            .field("pid", &pid)
+            .field("closed", &state.closed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for ProcessController {
     fn drop(&mut self) {
         // Closing twice is refused, which is all an `Err` can mean here.

@@ -157,6 +157,15 @@ impl ProcessExecutor {
     }
 }
 
+impl std::fmt::Debug for ProcessExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessExecutor")
+            .field("state_dir", &self.env.state_dir)
+            .field("log_capacity", &self.log_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Executor for ProcessExecutor {
     /// The host's name, OS, architecture, CPUs and memory.
     fn describe(&self, _cancel: &CancelToken) -> Result<NodeDescription, Error> {
