@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -142,12 +142,8 @@ fn a_failing_program_fails_with_its_exit_code() {
     assert_eq!(task.status.state, TaskState::Failed);
     assert_eq!(task.status.err, "exited with status 3");
     assert_eq!(task.status.container.unwrap().exit_code, 3);
-    let (task, _) = run(&f.executor, task_named("false", spec(&["false"])));
+    let (task, _) = run(&f.executor, self::task("false", spec(&["false"])));
     assert_eq!(task.status.container.unwrap().exit_code, 1);
-}
-
-fn task_named(id: &str, spec: ProcessSpec) -> Task {
-    task(id, spec)
 }
 
 #[test]
@@ -730,7 +726,6 @@ fn a_task_id_that_is_not_a_file_name_is_rejected() {
         task.status.err,
         "invalid task spec: task id \"../escape\" contains '/'"
     );
-    let _unused: PathBuf = f.dir.path().to_path_buf();
 }
 
 #[test]
