@@ -232,10 +232,21 @@ impl Controller for ProcessController {
         let mut child = command(&launch)
             .spawn()
             .map_err(|e| spawn_error(&launch, e))?;
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            unreachable!("both pipes were requested");
+        let pipes = (child.stdout.take(), child.stderr.take());
+        let (Some(stdout), Some(stderr), Ok(process)) = (
+            pipes.0,
+            pipes.1,
+            Process::new(child.id(), state.log_capacity),
+        ) else {
+            // Not expected of the standard library; if it happens, the child is
+            // still ours and unreaped, so killing and reaping it here is safe.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::other(
+                "exec: the program was started without its output pipes",
+            ));
         };
-        let process = Arc::new(Process::new(child.id(), state.log_capacity).map_err(Error::other)?);
+        let process = Arc::new(process);
         // `child` is dropped without waiting: the reaper owns the reaping from here.
         let pipes = Pipes {
             stdout: File::from(std::os::fd::OwnedFd::from(stdout)),

@@ -21,6 +21,7 @@ pub(crate) const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Launch {
     pub(crate) program: PathBuf,
+    /// Never empty: [`launch`] refuses an empty command.
     pub(crate) argv: Vec<String>,
     /// The program's whole environment.
     pub(crate) env: Vec<(String, String)>,
