@@ -8,9 +8,15 @@
 //! are jobs waiting (at most [`BURST`] at a time). Quick jobs (a stub's whole
 //! lifecycle) are served by a few busy threads; blocking jobs get a thread each.
 //! Threads idle for [`KEEP_ALIVE`] exit.
+//!
+//! Waking a parked thread costs about ten microseconds, more than a task's whole
+//! lifecycle with a quick controller. So a thread that runs out of work first spins
+//! for up to [`SPIN`], yielding the CPU as it goes, before it parks; one thread at a
+//! time, so that spinning never takes both cores of a small machine.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,9 @@ const MONITOR_TICK: Duration = Duration::from_millis(1);
 /// The most threads one monitor tick starts.
 const BURST: usize = 64;
 
+/// How long a thread out of work looks for more before it parks.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Task-manager threads run little code of their own; the stack is for controllers.
 const STACK_SIZE: usize = 512 * 1024;
 
@@ -38,6 +47,8 @@ pub(crate) struct Pool {
 
 struct Shared {
     state: Mutex<State>,
+    /// The queue's length, for the spinning thread to watch without the lock.
+    queued: AtomicUsize,
     job_ready: Condvar,
     starving: Condvar,
     /// Threads are started freely up to this many.
@@ -53,6 +64,10 @@ struct State {
     monitor_running: bool,
     /// The monitor waits for work, rather than timing a tick.
     monitor_parked: bool,
+    /// A thread is spinning and will take the next job without being woken.
+    spinning: bool,
+    /// Threads started that have not yet looked at the queue.
+    starting: usize,
 }
 
 impl Pool {
@@ -75,7 +90,10 @@ impl Pool {
                     taken: 0,
                     monitor_running: false,
                     monitor_parked: false,
+                    spinning: false,
+                    starting: 0,
                 }),
+                queued: AtomicUsize::new(0),
                 job_ready: Condvar::new(),
                 starving: Condvar::new(),
                 floor,
@@ -87,7 +105,12 @@ impl Pool {
     pub(crate) fn submit(&self, job: impl FnOnce() + Send + 'static) {
         let mut state = self.shared.state.lock();
         state.queue.push_back(Box::new(job));
-        if state.idle > 0 && self.shared.job_ready.notify_one() {
+        self.shared
+            .queued
+            .store(state.queue.len(), Ordering::Release);
+        // A spinner takes one job; any more wake idle threads as usual.
+        let spinner_takes_it = state.spinning && state.queue.len() == 1;
+        if spinner_takes_it || state.idle > 0 && self.shared.job_ready.notify_one() {
             return;
         }
         if state.threads < self.shared.floor {
@@ -110,7 +133,10 @@ impl Pool {
                 .stack_size(STACK_SIZE)
                 .spawn(move || work(&shared));
             match started {
-                Ok(_) => state.threads += 1,
+                Ok(_) => {
+                    state.threads += 1;
+                    state.starting += 1;
+                }
                 Err(e) => {
                     log::error!(target: "swarmexec", "cannot start a task-manager thread: {e}");
                     return;
@@ -147,9 +173,16 @@ impl Pool {
                 .wait_until(&mut state, tick_end)
                 .timed_out()
             {}
+            // Threads still starting, or idle ones about to wake, will take jobs:
+            // only the rest need new threads.
+            let covered = state.starting + state.idle;
+            let uncovered = state.queue.len().saturating_sub(covered);
             if state.taken == taken && !state.queue.is_empty() {
-                let count = state.queue.len().min(BURST);
-                self.start_threads(&mut state, count);
+                // Idle threads count only if awake: make sure they are.
+                self.shared.job_ready.notify_all();
+                if uncovered > 0 {
+                    self.start_threads(&mut state, uncovered.min(BURST));
+                }
             }
         }
     }
@@ -157,15 +190,30 @@ impl Pool {
 
 fn work(shared: &Shared) {
     let mut state = shared.state.lock();
+    state.starting -= 1;
+    let mut may_spin = true;
     loop {
         if let Some(job) = state.queue.pop_front() {
             state.taken += 1;
+            shared.queued.store(state.queue.len(), Ordering::Release);
+            may_spin = true;
             drop(state);
             // A job handles its own panics; this only keeps the thread for reuse.
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
                 log::error!(target: "swarmexec", "a task-manager job panicked");
             }
             state = shared.state.lock();
+            continue;
+        }
+        if may_spin && !state.spinning {
+            // Under the lock, so that `submit` either sees the spinner or queues
+            // before the spin starts; the spinner checks the queue when it stops.
+            state.spinning = true;
+            drop(state);
+            spin(shared);
+            state = shared.state.lock();
+            state.spinning = false;
+            may_spin = false;
             continue;
         }
         state.idle += 1;
@@ -179,6 +227,14 @@ fn work(shared: &Shared) {
         }
     }
     state.threads -= 1;
+}
+
+/// Watches the queue for up to [`SPIN`].
+fn spin(shared: &Shared) {
+    let start = Instant::now();
+    while shared.queued.load(Ordering::Acquire) == 0 && start.elapsed() < SPIN {
+        std::thread::yield_now();
+    }
 }
 
 #[cfg(test)]
