@@ -168,11 +168,15 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     pub(crate) fn start() -> io::Result<Self> {
+        Supervisor::start_with(ExitWatch::Pidfd)
+    }
+
+    fn start_with(exit_watch: ExitWatch) -> io::Result<Self> {
         let (wake_rx, wake_tx) = io::pipe()?;
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("swarmexec-reap".into())
-            .spawn(move || Reaper::new(commands_rx, wake_rx).run())?;
+            .spawn(move || Reaper::new(commands_rx, wake_rx, exit_watch).run())?;
         Ok(Supervisor {
             commands: Some(commands_tx),
             waker: Mutex::new(wake_tx),
@@ -231,9 +235,21 @@ impl Watched {
     }
 }
 
+/// How the reaper learns of exits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExitWatch {
+    /// A pidfd per process where the kernel has them, else asking.
+    Pidfd,
+    /// Asking with `waitid` every [`EXIT_POLL_MS`], as on kernels without pidfds;
+    /// chosen by tests to exercise that path.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Asking,
+}
+
 struct Reaper {
     commands: Receiver<Command>,
     wake: io::PipeReader,
+    exit_watch: ExitWatch,
     watched: Vec<Watched>,
     buf: Vec<u8>,
 }
@@ -247,10 +263,11 @@ enum Source {
 }
 
 impl Reaper {
-    fn new(commands: Receiver<Command>, wake: io::PipeReader) -> Self {
+    fn new(commands: Receiver<Command>, wake: io::PipeReader, exit_watch: ExitWatch) -> Self {
         Reaper {
             commands,
             wake,
+            exit_watch,
             watched: Vec::new(),
             buf: vec![0; 64 * 1024],
         }
@@ -336,13 +353,16 @@ impl Reaper {
     }
 
     fn watch(&mut self, process: Arc<Process>, pipes: Pipes) {
-        let pidfd = match sys::pidfd_open(process.pid()) {
-            Ok(fd) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
-            Err(e) => {
-                log::warn!(target: "swarmexec", "no pidfd for process {}: {e}", process.pid());
-                None
-            }
+        let pidfd = match self.exit_watch {
+            ExitWatch::Asking => None,
+            ExitWatch::Pidfd => match sys::pidfd_open(process.pid()) {
+                Ok(fd) => Some(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+                Err(e) => {
+                    log::warn!(target: "swarmexec", "no pidfd for process {}: {e}", process.pid());
+                    None
+                }
+            },
         };
         self.watched.push(Watched {
             process,
@@ -432,5 +452,61 @@ impl Reaper {
             }
         }
         self.watched.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    // The supervisor under test does the reaping.
+    #[allow(clippy::zombie_processes)]
+    fn spawn(script: &str, supervisor: &Supervisor) -> Arc<Process> {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let process = Arc::new(Process::new(child.id(), 1 << 16).unwrap());
+        let pipes = Pipes {
+            stdout: File::from(OwnedFd::from(child.stdout.take().unwrap())),
+            stderr: File::from(OwnedFd::from(child.stderr.take().unwrap())),
+        };
+        supervisor.watch(Arc::clone(&process), pipes);
+        process
+    }
+
+    fn code(exit: Option<Exit>) -> Option<i32> {
+        match exit {
+            Some(Exit::Status(status)) => status.code(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn without_pidfds_exits_are_found_by_asking() {
+        let supervisor = Supervisor::start_with(ExitWatch::Asking).unwrap();
+        let cancel = CancelToken::new();
+        let quick = spawn("echo out; exit 4", &supervisor);
+        assert_eq!(code(quick.wait_exit(&cancel, None).unwrap()), Some(4));
+
+        let sleeper = spawn("sleep 30", &supervisor);
+        sleeper.signal_group(libc::SIGTERM).unwrap();
+        match sleeper
+            .wait_exit(&cancel, Some(Duration::from_secs(10)))
+            .unwrap()
+        {
+            Some(Exit::Status(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), Some(libc::SIGTERM));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Signalling after the reap is a no-op, never a signal to a reused pid.
+        sleeper.signal_group(libc::SIGKILL).unwrap();
     }
 }
