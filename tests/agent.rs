@@ -263,16 +263,15 @@ fn recording_executor(waits_block: bool) -> (Arc<StubExecutor>, Calls) {
             }
         };
         let close = record("close");
-        let mut stub = StubController::new()
+        let stub = if waits_block {
+            blocking_wait()
+        } else {
+            StubController::new()
+        };
+        let stub = stub
             .on_shutdown(record("shutdown"))
             .on_remove(record("remove"))
             .on_close(move || close(&CancelToken::new()));
-        if waits_block {
-            stub = stub.on_wait(|cancel| {
-                cancel.wait();
-                Err(cancel.err().unwrap())
-            });
-        }
         Ok(Box::new(stub) as Box<dyn Controller>)
     });
     (Arc::new(executor), calls)
