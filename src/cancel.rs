@@ -103,13 +103,24 @@ impl Inner {
         }
     }
 
-    /// Records the first reason only, then cancels the children outside the lock so
-    /// that a deep tree never holds two locks at once.
+    /// Records the first reason only, then cancels the descendants, holding one lock
+    /// at a time and with a worklist instead of recursion: a tree of any depth
+    /// needs no stack.
     fn cancel(&self, reason: Reason) {
+        let mut pending = self.cancel_one(reason);
+        while let Some(child) = pending.pop() {
+            if let Some(child) = child.upgrade() {
+                pending.extend(child.cancel_one(reason));
+            }
+        }
+    }
+
+    /// Cancels this token alone; returns its children, for the caller to cancel.
+    fn cancel_one(&self, reason: Reason) -> Vec<Weak<Inner>> {
         let children = {
             let mut state = self.state.lock();
             if state.reason.is_some() {
-                return;
+                return Vec::new();
             }
             state.reason = Some(reason);
             state.done_tx = None;
@@ -117,9 +128,7 @@ impl Inner {
             std::mem::take(&mut state.children)
         };
         self.woken.notify_all();
-        for child in children.iter().filter_map(Weak::upgrade) {
-            child.cancel(reason);
-        }
+        children
     }
 
     /// Blocks while live, at most until `until`; returns the guard on the final state.
@@ -255,7 +264,10 @@ impl CancelToken {
     /// ```
     pub fn done(&self) -> Receiver<()> {
         // A deadline that has passed is a cancel that the timer may not have made yet.
-        self.inner.is_cancelled();
+        if !self.inner.is_cancelled() && self.inner.deadline.is_some() {
+            // The deadline's entry waits for the timer thread if it could not start.
+            timer::ensure_running();
+        }
         let mut state = self.inner.state.lock();
         if let Some(rx) = &state.done_rx {
             return rx.clone();
@@ -266,6 +278,15 @@ impl CancelToken {
         }
         state.done_rx = Some(rx.clone());
         rx
+    }
+
+    /// A channel that delivers once the token's deadline passes (never without
+    /// one). Selected beside [`done`](CancelToken::done), it makes a blocking call
+    /// honour its deadline by itself, even when no timer thread could be started.
+    pub(crate) fn deadline_passed(&self) -> Receiver<Instant> {
+        self.inner
+            .deadline
+            .map_or_else(crossbeam_channel::never, crossbeam_channel::at)
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 
 /// Something to do at a given time.
 pub(crate) trait Due: Send + Sync {
@@ -43,22 +44,58 @@ impl PartialEq for Entry {
 impl Eq for Entry {}
 
 /// Fires `due` at `at`, unless it has been dropped by then. Weak, so that a pending
-/// entry never keeps its owner alive. Should the thread fail to start, nothing fires:
-/// callers check deadlines themselves where it matters.
+/// entry never keeps its owner alive.
+///
+/// Should the thread fail to start (a thread or process limit reached), the entry
+/// waits in the queue and the next call tries again: a failure is never remembered.
+/// Meanwhile callers check deadlines themselves where it matters.
 pub(crate) fn schedule(at: Instant, due: Weak<dyn Due>) {
-    static TIMER: OnceLock<Option<Sender<Entry>>> = OnceLock::new();
-    let sender = TIMER.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
+    let timer = timer();
+    // The queue's receiver is kept by `Timer` itself: sending cannot fail.
+    let _ = timer.queue.send(Entry { at, due });
+    timer.ensure_running();
+}
+
+/// Starts the timer thread if it is not running; entries already queued fire once
+/// it runs.
+pub(crate) fn ensure_running() {
+    timer().ensure_running();
+}
+
+struct Timer {
+    queue: Sender<Entry>,
+    requests: Receiver<Entry>,
+    running: Mutex<bool>,
+}
+
+fn timer() -> &'static Timer {
+    static TIMER: OnceLock<Timer> = OnceLock::new();
+    TIMER.get_or_init(|| {
+        let (queue, requests) = crossbeam_channel::unbounded();
+        Timer {
+            queue,
+            requests,
+            running: Mutex::new(false),
+        }
+    })
+}
+
+impl Timer {
+    fn ensure_running(&self) {
+        let mut running = self.running.lock();
+        if *running {
+            return;
+        }
+        let requests = self.requests.clone();
+        match std::thread::Builder::new()
             .name("swarmexec-timer".into())
-            .spawn(move || run(rx))
-            .map_err(|e| log::error!(target: "swarmexec", "cannot start the timer thread: {e}"))
-            .ok()
-            .map(|_| tx)
-    });
-    if let Some(sender) = sender {
-        // The receiver lives as long as the process: sending cannot fail.
-        let _ = sender.send(Entry { at, due });
+            .spawn(move || run(requests))
+        {
+            Ok(_) => *running = true,
+            Err(e) => {
+                log::error!(target: "swarmexec", "cannot start the timer thread (will retry): {e}")
+            }
+        }
     }
 }
 

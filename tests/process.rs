@@ -574,7 +574,8 @@ fn secrets_and_configs_become_files_for_the_program_and_go_with_remove() {
         .unwrap();
     let cancel = CancelToken::new();
     controller.prepare(&cancel).unwrap();
-    let task_dir = f.executor.state_dir().join("with-secrets");
+    let task_dir = controller.task_dir().unwrap();
+    assert!(task_dir.starts_with(f.executor.state_dir()));
     assert_eq!(mode(&task_dir.join("secrets")), 0o700);
     assert_eq!(mode(&task_dir.join("configs")), 0o700);
     assert_eq!(mode(&task_dir.join("secrets/db-password")), 0o400);
@@ -803,7 +804,7 @@ fn as_root_a_task_runs_as_its_user_and_owns_its_secrets() {
         .unwrap();
     let cancel = CancelToken::new();
     controller.prepare(&cancel).unwrap();
-    let secret = f.executor.state_dir().join("as-nobody/secrets/token");
+    let secret = controller.task_dir().unwrap().join("secrets/token");
     let meta = fs::metadata(&secret).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));

@@ -6,10 +6,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
@@ -19,8 +20,8 @@ use crate::api::{
 };
 use crate::executor::DependencyStore;
 use crate::{
-    CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter, Error, ExitError,
-    LogPublisher,
+    make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
+    Error, ExitError, LogPublisher,
 };
 
 /// How long `close` waits for a killed process to go before leaving it to the reaper.
@@ -30,9 +31,15 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// [`ProcessExecutor::controller`](super::ProcessExecutor).
 ///
 /// Closing a controller, or dropping it unclosed, kills a program that is still
-/// running (SIGKILL to its process group) and waits for it: no program outlives the
-/// controller that could stop it. [`remove`](Controller::remove) stops it gracefully
-/// first, and deletes the task's directory.
+/// running (SIGKILL to its process group) and deletes the task's files: no program
+/// and no secret outlives the controller that could stop or delete it.
+/// [`remove`](Controller::remove) stops the program gracefully first.
+///
+/// The controller's lock is held only to read or change its state, never across a
+/// spawn, a look-up, a file write or a wait: a call on one thread never waits for
+/// another thread's slow call on the same controller, and every blocking call
+/// returns once its token is cancelled.
+#[must_use = "dropping a controller kills its program"]
 pub struct ProcessController {
     env: Arc<Environment>,
     state: Mutex<State>,
@@ -50,12 +57,18 @@ struct State {
     node_id: String,
     log_capacity: usize,
     phase: Phase,
+    /// The directory this controller created: the only one it ever deletes.
+    task_dir: Option<PathBuf>,
     closed: bool,
 }
 
 enum Phase {
     New,
+    /// `prepare` is validating the spec and writing files, without the lock.
+    Preparing,
     Prepared(Arc<Launch>),
+    /// `start` is spawning the program, without the lock.
+    Starting,
     Started(Started),
 }
 
@@ -80,24 +93,31 @@ impl ProcessController {
                 node_id,
                 log_capacity,
                 phase: Phase::New,
+                task_dir: None,
                 closed: false,
             }),
         }
     }
 
-    /// The task's own directory, holding its secrets and configs.
-    fn task_dir(&self, task: &Task) -> Result<PathBuf, Error> {
-        spec::check_file_name("task id", &task.id)?;
-        Ok(self.env.state_dir.join(&task.id))
+    /// The directory holding this task's secrets and configs, while it exists: a
+    /// fresh one per controller, named after the task, so that a controller for a
+    /// reused task id never meets an old one's files.
+    pub fn task_dir(&self) -> Option<PathBuf> {
+        self.state.lock().task_dir.clone()
     }
 
-    /// The started process, if any, checking that the controller is open.
-    fn started(&self) -> Result<Option<Started>, Error> {
+    /// The state, checking that the controller is open.
+    fn open_state(&self) -> Result<MutexGuard<'_, State>, Error> {
         let state = self.state.lock();
         if state.closed {
             return Err(Error::ControllerClosed);
         }
-        Ok(match &state.phase {
+        Ok(state)
+    }
+
+    /// The started process, if any, checking that the controller is open.
+    fn started(&self) -> Result<Option<Started>, Error> {
+        Ok(match &self.open_state()?.phase {
             Phase::Started(started) => Some(started.clone()),
             _ => None,
         })
@@ -129,19 +149,102 @@ impl ProcessController {
         kill(cancel, process, None).map(drop)
     }
 
-    /// Kills and forgets the process; the controller is unusable afterwards.
-    fn release(&self, state: &mut State) {
-        state.closed = true;
-        if let Phase::Started(Started { process, .. }) = &state.phase {
-            if kill(&CancelToken::new(), process, Some(CLOSE_WAIT)).is_err() {
-                log::warn!(target: "swarmexec", "process {} did not die; the reaper keeps it", process.pid());
+    /// Validates the spec and writes the task's files, without the lock.
+    fn make_launch(&self, cancel: &CancelToken, task: &Task) -> Result<Prepared, Error> {
+        spec::check_task_id(&task.id)?;
+        let spec = process_spec(task)?;
+        let env = vec![("SWARMEXEC_TASK_ID".to_owned(), task.id.clone())];
+        let mut launch = spec::launch(spec, env)?;
+        let files = files(task, &self.env.dependencies)?;
+        check_cancel(cancel)?;
+        // A task without secrets or configs gets no directory: on disk-backed state
+        // directories, creating and deleting one costs as much as spawning a program.
+        if spec.secrets.is_empty() && spec.configs.is_empty() {
+            return Ok(Prepared {
+                launch,
+                task_dir: None,
+            });
+        }
+        let task_dir = create_task_dir(&self.env.state_dir, &task.id)?;
+        if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
+            remove_task_dir(&task_dir);
+            return Err(e);
+        }
+        for (var, subdir) in [
+            ("SWARMEXEC_SECRETS_DIR", "secrets"),
+            ("SWARMEXEC_CONFIGS_DIR", "configs"),
+        ] {
+            spec::set_var(&mut launch.env, var, path_string(&task_dir.join(subdir)));
+        }
+        Ok(Prepared {
+            launch,
+            task_dir: Some(task_dir),
+        })
+    }
+
+    /// Spawns the program and hands it to the reaper, without the lock.
+    fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
+        self.env.supervisor.ensure_running().map_err(|e| {
+            make_temporary(Error::other(format!(
+                "cannot start the reaper thread: {}",
+                sys::describe_exhaustion(&e)
+            )))
+        })?;
+        let mut child = command(launch)
+            .spawn()
+            .map_err(|e| spawn_error(launch, e))?;
+        let pipes = (child.stdout.take(), child.stderr.take());
+        let (Some(stdout), Some(stderr), Ok(process)) =
+            (pipes.0, pipes.1, Process::new(child.id(), log_capacity))
+        else {
+            // Not expected of the standard library; if it happens, the child is
+            // still ours and unreaped, so killing and reaping it here is safe.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::other(
+                "exec: the program was started without its output pipes",
+            ));
+        };
+        let process = Arc::new(process);
+        // `child` is dropped without waiting: the reaper owns the reaping from here.
+        let pipes = Pipes {
+            stdout: File::from(std::os::fd::OwnedFd::from(stdout)),
+            stderr: File::from(std::os::fd::OwnedFd::from(stderr)),
+        };
+        self.env.supervisor.watch(Arc::clone(&process), pipes);
+        Ok(process)
+    }
+
+    /// Deletes the directory this controller created, if any; on failure it is
+    /// kept on record so that `close` tries again.
+    fn delete_files(&self) -> Result<(), Error> {
+        let Some(task_dir) = self.state.lock().task_dir.take() else {
+            return Ok(());
+        };
+        match delete_task_dir(&task_dir) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.state.lock().task_dir.get_or_insert(task_dir);
+                Err(e)
             }
-            self.env.supervisor.forget(Arc::clone(process));
         }
     }
 }
 
-/// SIGKILLs the process group and waits up to `timeout` for the leader to be reaped.
+/// What `prepare` makes: the launch, and the directory it wrote, if any.
+struct Prepared {
+    launch: Launch,
+    task_dir: Option<PathBuf>,
+}
+
+fn check_cancel(cancel: &CancelToken) -> Result<(), Error> {
+    match cancel.err() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Kills the process group and waits up to `timeout` for the leader to be reaped.
 fn kill(
     cancel: &CancelToken,
     process: &Process,
@@ -164,10 +267,7 @@ impl Controller for ProcessController {
     /// [`Error::TaskUpdateRejected`], while other fields (such as the desired state)
     /// are taken.
     fn update(&self, _cancel: &CancelToken, task: &Task) -> Result<(), Error> {
-        let mut state = self.state.lock();
-        if state.closed {
-            return Err(Error::ControllerClosed);
-        }
+        let mut state = self.open_state()?;
         if task.id != state.task.id {
             return Err(Error::TaskUpdateRejected);
         }
@@ -180,79 +280,81 @@ impl Controller for ProcessController {
         Ok(())
     }
 
-    fn prepare(&self, _cancel: &CancelToken) -> Result<(), Error> {
+    /// Validates the spec, looks up the user and group, and writes the task's
+    /// secrets and configs. A call while another `prepare` is under way fails with
+    /// a temporary error.
+    fn prepare(&self, cancel: &CancelToken) -> Result<(), Error> {
+        let task = {
+            let mut state = self.open_state()?;
+            match state.phase {
+                Phase::New => {}
+                Phase::Preparing => {
+                    return Err(make_temporary(Error::other("exec: task being prepared")))
+                }
+                Phase::Prepared(_) => return Err(Error::TaskPrepared),
+                Phase::Starting | Phase::Started(_) => return Err(Error::TaskStarted),
+            }
+            state.phase = Phase::Preparing;
+            state.task.clone()
+        };
+        let prepared = check_cancel(cancel).and_then(|()| self.make_launch(cancel, &task));
         let mut state = self.state.lock();
-        if state.closed {
-            return Err(Error::ControllerClosed);
-        }
-        match state.phase {
-            Phase::New => {}
-            Phase::Prepared(_) => return Err(Error::TaskPrepared),
-            Phase::Started(_) => return Err(Error::TaskStarted),
-        }
-        let task_dir = self.task_dir(&state.task)?;
-        let spec = process_spec(&state.task)?;
-        let mut env = vec![("SWARMEXEC_TASK_ID".to_owned(), state.task.id.clone())];
-        // A task without secrets or configs gets no directory: on disk-backed state
-        // directories, creating and deleting one costs as much as spawning a program.
-        let has_files = !spec.secrets.is_empty() || !spec.configs.is_empty();
-        if has_files {
-            for (var, subdir) in [
-                ("SWARMEXEC_SECRETS_DIR", "secrets"),
-                ("SWARMEXEC_CONFIGS_DIR", "configs"),
-            ] {
-                env.push((var.to_owned(), path_string(&task_dir.join(subdir))));
+        match prepared {
+            Ok(prepared) if state.closed => {
+                drop(state);
+                if let Some(dir) = &prepared.task_dir {
+                    remove_task_dir(dir);
+                }
+                Err(Error::ControllerClosed)
+            }
+            Ok(Prepared { launch, task_dir }) => {
+                state.task_dir = task_dir;
+                state.phase = Phase::Prepared(Arc::new(launch));
+                Ok(())
+            }
+            Err(e) => {
+                state.phase = Phase::New;
+                Err(e)
             }
         }
-        let launch = spec::launch(spec, env)?;
-        let files = files(&state.task, &self.env.dependencies)?;
-        if has_files {
-            if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
-                let _ = fs::remove_dir_all(&task_dir);
-                return Err(Error::other(format!(
-                    "cannot create {}: {e}",
-                    task_dir.display()
-                )));
-            }
-        }
-        state.phase = Phase::Prepared(Arc::new(launch));
-        Ok(())
     }
 
-    fn start(&self, _cancel: &CancelToken) -> Result<(), Error> {
+    /// Spawns the program. A call while another `start` is under way fails with a
+    /// temporary error.
+    fn start(&self, cancel: &CancelToken) -> Result<(), Error> {
+        let (launch, log_capacity) = {
+            let mut state = self.open_state()?;
+            let launch = match &state.phase {
+                Phase::New | Phase::Preparing => {
+                    return Err(Error::other("exec: task not prepared"))
+                }
+                Phase::Prepared(launch) => Arc::clone(launch),
+                Phase::Starting => {
+                    return Err(make_temporary(Error::other("exec: task being started")))
+                }
+                Phase::Started(_) => return Err(Error::TaskStarted),
+            };
+            state.phase = Phase::Starting;
+            (launch, state.log_capacity)
+        };
+        let spawned = check_cancel(cancel).and_then(|()| self.spawn(&launch, log_capacity));
         let mut state = self.state.lock();
+        let process = match spawned {
+            Ok(process) => process,
+            Err(e) => {
+                if !state.closed {
+                    state.phase = Phase::Prepared(launch);
+                }
+                return Err(e);
+            }
+        };
         if state.closed {
+            drop(state);
+            // Closed while spawning: the program must not outlive the controller.
+            let _ = kill(&CancelToken::new(), &process, Some(CLOSE_WAIT));
+            self.env.supervisor.forget(process);
             return Err(Error::ControllerClosed);
         }
-        let launch = match &state.phase {
-            Phase::New => return Err(Error::other("exec: task not prepared")),
-            Phase::Prepared(launch) => Arc::clone(launch),
-            Phase::Started(_) => return Err(Error::TaskStarted),
-        };
-        let mut child = command(&launch)
-            .spawn()
-            .map_err(|e| spawn_error(&launch, e))?;
-        let pipes = (child.stdout.take(), child.stderr.take());
-        let (Some(stdout), Some(stderr), Ok(process)) = (
-            pipes.0,
-            pipes.1,
-            Process::new(child.id(), state.log_capacity),
-        ) else {
-            // Not expected of the standard library; if it happens, the child is
-            // still ours and unreaped, so killing and reaping it here is safe.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::other(
-                "exec: the program was started without its output pipes",
-            ));
-        };
-        let process = Arc::new(process);
-        // `child` is dropped without waiting: the reaper owns the reaping from here.
-        let pipes = Pipes {
-            stdout: File::from(std::os::fd::OwnedFd::from(stdout)),
-            stderr: File::from(std::os::fd::OwnedFd::from(stderr)),
-        };
-        self.env.supervisor.watch(Arc::clone(&process), pipes);
         log::debug!(target: "swarmexec", "task {}: started process {}", state.task.id, process.pid());
         state.phase = Phase::Started(Started { launch, process });
         Ok(())
@@ -282,25 +384,42 @@ impl Controller for ProcessController {
         }
     }
 
+    /// Stops the program gracefully, then deletes the task's files (secrets
+    /// first) whether or not stopping succeeded. Nothing to delete is success.
     fn remove(&self, cancel: &CancelToken) -> Result<(), Error> {
-        self.shutdown(cancel)?;
-        let task_dir = self.task_dir(&self.state.lock().task)?;
-        match fs::remove_dir_all(&task_dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::other(format!(
-                "cannot remove {}: {e}",
-                task_dir.display()
-            ))),
-            _ => Ok(()),
+        let stopped = self.shutdown(cancel);
+        if matches!(stopped, Err(Error::ControllerClosed)) {
+            return stopped;
         }
+        let deleted = self.delete_files();
+        stopped.and(deleted)
     }
 
+    /// Kills a program that still runs, deletes the task's files, and waits (up to
+    /// five seconds, without blocking other calls) for the program to be gone.
     fn close(&self) -> Result<(), Error> {
-        let mut state = self.state.lock();
-        if state.closed {
-            return Err(Error::ControllerClosed);
+        let (process, task_dir) = {
+            let mut state = self.open_state()?;
+            state.closed = true;
+            let process = match &state.phase {
+                Phase::Started(started) => Some(Arc::clone(&started.process)),
+                _ => None,
+            };
+            (process, state.task_dir.take())
+        };
+        // Secrets go first: they must not outlast a program that will not die.
+        let deleted = task_dir.as_deref().map_or(Ok(()), delete_task_dir);
+        if let Some(process) = process {
+            if kill(&CancelToken::new(), &process, Some(CLOSE_WAIT))
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                log::warn!(target: "swarmexec", "process {} did not die; the reaper keeps it", process.pid());
+            }
+            self.env.supervisor.forget(process);
         }
-        self.release(&mut state);
-        Ok(())
+        deleted
     }
 
     fn as_container_statuser(&self) -> Option<&dyn ContainerStatuser> {
@@ -429,9 +548,9 @@ fn command(launch: &Launch) -> Command {
     if let Some((uid, gid)) = launch.credentials {
         command.uid(uid).gid(gid);
     }
-    let unblock_signals = sys::thread_blocks_signals();
-    if !launch.rlimits.is_empty() || unblock_signals {
-        sys::set_up_child(&mut command, &launch.rlimits, unblock_signals);
+    let signals = sys::inherited_signal_state();
+    if !launch.rlimits.is_empty() || !signals.is_default() {
+        sys::set_up_child(&mut command, &launch.rlimits, signals);
     }
     command
 }
@@ -441,6 +560,10 @@ fn spawn_error(launch: &Launch, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::NotFound => Error::ProgramNotFound(program),
         io::ErrorKind::PermissionDenied => Error::ProgramNotExecutable(program),
+        _ if sys::is_exhaustion(&e) => make_temporary(Error::other(format!(
+            "cannot start {program}: {}",
+            sys::describe_exhaustion(&e)
+        ))),
         _ => Error::other(format!("cannot start {program}: {e}")),
     }
 }
@@ -495,41 +618,91 @@ fn files(task: &Task, store: &DependencyStore) -> Result<Vec<TaskFile>, Error> {
     Ok(files)
 }
 
-/// Creates the task's directory with its `secrets` and `configs` subdirectories
-/// (0700, owned by the task's user) and writes `files` into them.
+/// Creates a directory for the task that no other controller has: `<id>.<n>` with
+/// the first `n` not taken.
+fn create_task_dir(state_dir: &Path, task_id: &str) -> Result<PathBuf, Error> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut dirs = fs::DirBuilder::new();
+    dirs.mode(0o700);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let task_dir = state_dir.join(format!("{task_id}.{n}"));
+        match dirs.create(&task_dir) {
+            Ok(()) => return Ok(task_dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(file_error("cannot create", &task_dir, &e)),
+        }
+    }
+}
+
+fn file_error(what: &str, path: &Path, e: &io::Error) -> Error {
+    let error = Error::other(format!("{what} {}: {e}", path.display()));
+    if sys::is_exhaustion(e) {
+        make_temporary(error)
+    } else {
+        error
+    }
+}
+
+/// Fills the task's directory: `secrets` and `configs` subdirectories (0700, owned
+/// by the task's user) with `files` in them. An error names the path it concerns.
 fn write_task_dir(
     task_dir: &Path,
     files: &[TaskFile],
     owner: Option<(u32, u32)>,
-) -> io::Result<()> {
+) -> Result<(), Error> {
+    let chown = |path: &Path| match owner {
+        Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| file_error("cannot give to the task's user", path, &e)),
+        None => Ok(()),
+    };
     let mut dirs = fs::DirBuilder::new();
     dirs.mode(0o700);
-    dirs.create(task_dir)?;
-    for dir in [
-        task_dir.to_path_buf(),
-        task_dir.join("secrets"),
-        task_dir.join("configs"),
-    ] {
-        if dir != task_dir {
-            dirs.create(&dir)?;
-        }
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        }
+    chown(task_dir)?;
+    for subdir in ["secrets", "configs"] {
+        let dir = task_dir.join(subdir);
+        dirs.create(&dir)
+            .map_err(|e| file_error("cannot create", &dir, &e))?;
+        chown(&dir)?;
     }
     for file in files {
         let path = task_dir.join(file.subdir).join(&file.name);
-        let mut out = OpenOptions::new()
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
-        out.write_all(file.payload.bytes())?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
-        }
+            .open(&path)
+            .and_then(|mut out| {
+                out.write_all(file.payload.bytes())?;
+                Ok(out)
+            })
+            .map_err(|e| file_error("cannot write", &path, &e))?;
+        chown(&path)?;
         // Set after writing and explicitly: the mode given to open is cut by umask.
-        out.set_permissions(fs::Permissions::from_mode(file.mode))?;
+        written
+            .set_permissions(fs::Permissions::from_mode(file.mode))
+            .map_err(|e| file_error("cannot set the mode of", &path, &e))?;
     }
     Ok(())
+}
+
+/// Deletes a task's directory, its secrets first, so that a failure part-way
+/// leaves configs behind rather than secrets.
+fn delete_task_dir(task_dir: &Path) -> Result<(), Error> {
+    for dir in [task_dir.join("secrets"), task_dir.to_path_buf()] {
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(file_error("cannot remove", &dir, &e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a directory on a path that already failed: a second failure is logged.
+fn remove_task_dir(task_dir: &Path) {
+    if let Err(e) = delete_task_dir(task_dir) {
+        log::error!(target: "swarmexec", "{e}");
+    }
 }

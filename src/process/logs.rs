@@ -180,6 +180,7 @@ fn wait_for_news(cancel: &CancelToken, wake: &Receiver<()>) -> bool {
     select! {
         recv(wake) -> _ => true,
         recv(cancel.done()) -> _ => false,
+        recv(cancel.deadline_passed()) -> _ => false,
     }
 }
 

@@ -105,7 +105,7 @@ impl ProcessExecutor {
     /// An executor keeping its tasks' directories under `state_dir`, which is
     /// created if missing with mode 0711: a task running as another user may pass
     /// through to its own directory (mode 0700, owned by that user) but not list the
-    /// others. Starts the reaper thread.
+    /// others. The reaper thread starts with the first program.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<ProcessExecutor, Error> {
         let state_dir = state_dir.into();
         fs::DirBuilder::new()
@@ -113,12 +113,10 @@ impl ProcessExecutor {
             .mode(0o711)
             .create(&state_dir)
             .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
-        let supervisor = Supervisor::start()
-            .map_err(|e| Error::other(format!("cannot start the reaper thread: {e}")))?;
         Ok(ProcessExecutor {
             env: Arc::new(Environment {
                 state_dir,
-                supervisor,
+                supervisor: Supervisor::new(),
                 dependencies: Arc::new(DependencyStore::new()),
             }),
             node_id: Mutex::new(String::new()),

@@ -37,22 +37,62 @@ fn invalid(problem: impl Into<String>) -> Error {
     Error::InvalidSpec(problem.into())
 }
 
+/// The longest file name Linux file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// What a task directory's name adds to the task id: a dot and a counter.
+const TASK_DIR_SUFFIX_MAX: usize = 1 + 20;
+
 /// Checks that `name` can be a single file or directory name inside ours.
 pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), Error> {
+    check_name(what, name, NAME_MAX)
+}
+
+/// Checks that a task's directory can be named after `id`.
+pub(crate) fn check_task_id(id: &str) -> Result<(), Error> {
+    check_name("task id", id, NAME_MAX - TASK_DIR_SUFFIX_MAX)
+}
+
+fn check_name(what: &str, name: &str, max_len: usize) -> Result<(), Error> {
     let problem = if name.is_empty() {
-        "is empty"
+        "is empty".to_owned()
     } else if name.contains('\0') {
-        "contains NUL"
+        "contains NUL".to_owned()
     } else if name.starts_with('/') {
-        "is an absolute path"
+        "is an absolute path".to_owned()
     } else if name.contains('/') {
-        "contains '/'"
+        "contains '/'".to_owned()
     } else if name == "." || name == ".." {
-        "is '.' or '..'"
+        "is '.' or '..'".to_owned()
+    } else if name.len() > max_len {
+        format!("is {} bytes long, over the limit of {max_len}", name.len())
     } else {
         return Ok(());
     };
-    Err(invalid(format!("{what} {name:?} {problem}")))
+    Err(invalid(format!("{what} {} {problem}", shortened(name))))
+}
+
+/// `name` quoted, its middle elided when it is too long to read in a message.
+fn shortened(name: &str) -> String {
+    const KEEP: usize = 24;
+    if name.len() <= 2 * KEEP + 3 {
+        return format!("{name:?}");
+    }
+    let head = name.char_indices().nth(KEEP).map_or(name.len(), |(i, _)| i);
+    let tail = name
+        .char_indices()
+        .rev()
+        .nth(KEEP - 1)
+        .map_or(0, |(i, _)| i);
+    format!("{:?}", format!("{}...{}", &name[..head], &name[tail..]))
+}
+
+/// Sets `key` in an environment list, replacing an earlier value.
+pub(crate) fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value,
+        None => env.push((key.to_owned(), value)),
+    }
 }
 
 /// Validates `spec`; `extra_env` (the `SWARMEXEC_*` variables) is added to the
@@ -64,17 +104,32 @@ pub(crate) fn launch(
     let Some(argv0) = spec.command.first() else {
         return Err(invalid("command is empty"));
     };
+    if argv0.is_empty() {
+        return Err(invalid(
+            "the program name (the command's first word) is empty",
+        ));
+    }
     if spec.command.iter().any(|arg| arg.contains('\0')) {
         return Err(invalid("command contains NUL"));
     }
     let env = environment(spec, extra_env)?;
     let dir = spec.dir.clone();
     if let Some(dir) = &dir {
-        if !dir.is_dir() {
-            return Err(invalid(format!(
-                "working directory {} does not exist",
-                dir.display()
-            )));
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(invalid(format!(
+                    "working directory {} is not a directory",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(invalid(format!(
+                    "working directory {} does not exist",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(invalid(format!("working directory {}: {e}", dir.display()))),
         }
     }
     let path = env
@@ -115,10 +170,7 @@ fn environment(
     extra: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, Error> {
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |key: String, value: String| match env.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = value,
-        None => env.push((key, value)),
-    };
+    let mut set = |key: String, value: String| set_var(&mut env, &key, value);
     if spec.inherit_env {
         std::env::vars().for_each(|(k, v)| set(k, v));
     } else {

@@ -141,6 +141,7 @@ impl Process {
         select! {
             recv(self.exited_rx) -> _ => Ok(self.exit()),
             recv(cancel.done()) -> _ => Err(cancel.err().unwrap_or(Error::Canceled)),
+            recv(cancel.deadline_passed()) -> _ => Err(Error::DeadlineExceeded),
             recv(timer) -> _ => Ok(self.exit()),
         }
     }
@@ -159,32 +160,54 @@ enum Command {
     Forget(Arc<Process>),
 }
 
-/// The reaper thread of one executor; stops when dropped.
+/// The reaper thread of one executor, started by the first spawn; stops when
+/// dropped.
 pub(crate) struct Supervisor {
-    commands: Option<Sender<Command>>,
-    waker: Mutex<io::PipeWriter>,
-    thread: Option<JoinHandle<()>>,
+    exit_watch: ExitWatch,
+    reaper: Mutex<Option<ReaperHandle>>,
+}
+
+struct ReaperHandle {
+    commands: Sender<Command>,
+    waker: io::PipeWriter,
+    thread: JoinHandle<()>,
 }
 
 impl Supervisor {
-    pub(crate) fn start() -> io::Result<Self> {
-        Supervisor::start_with(ExitWatch::Pidfd)
+    pub(crate) fn new() -> Self {
+        Supervisor::with_exit_watch(ExitWatch::Pidfd)
     }
 
-    fn start_with(exit_watch: ExitWatch) -> io::Result<Self> {
+    fn with_exit_watch(exit_watch: ExitWatch) -> Self {
+        Supervisor {
+            exit_watch,
+            reaper: Mutex::new(None),
+        }
+    }
+
+    /// Starts the reaper thread unless it runs. A failure (a thread limit reached)
+    /// is not remembered: the next call tries again.
+    pub(crate) fn ensure_running(&self) -> io::Result<()> {
+        let mut reaper = self.reaper.lock();
+        if reaper.is_some() {
+            return Ok(());
+        }
         let (wake_rx, wake_tx) = io::pipe()?;
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let exit_watch = self.exit_watch;
         let thread = std::thread::Builder::new()
             .name("swarmexec-reap".into())
             .spawn(move || Reaper::new(commands_rx, wake_rx, exit_watch).run())?;
-        Ok(Supervisor {
-            commands: Some(commands_tx),
-            waker: Mutex::new(wake_tx),
-            thread: Some(thread),
-        })
+        *reaper = Some(ReaperHandle {
+            commands: commands_tx,
+            waker: wake_tx,
+            thread,
+        });
+        Ok(())
     }
 
-    /// Hands a just-spawned process to the reaper.
+    /// Hands a just-spawned process to the reaper, which
+    /// [`ensure_running`](Supervisor::ensure_running) has started.
     pub(crate) fn watch(&self, process: Arc<Process>, pipes: Pipes) {
         self.send(Command::Watch(process, pipes));
     }
@@ -195,27 +218,30 @@ impl Supervisor {
     }
 
     fn send(&self, command: Command) {
-        if let Some(commands) = &self.commands {
-            // The reaper outlives every sender but the last (ours), so this succeeds.
-            let _ = commands.send(command);
-            self.wake();
+        let mut reaper = self.reaper.lock();
+        if let Some(reaper) = reaper.as_mut() {
+            // The reaper runs until the sender is dropped, so this succeeds.
+            let _ = reaper.commands.send(command);
+            // A full pipe already holds a wake-up, so a failed write loses nothing.
+            let _ = reaper.waker.write(&[1]);
         }
-    }
-
-    fn wake(&self) {
-        // A full pipe already holds a wake-up, so a failed write loses nothing.
-        let _ = self.waker.lock().write(&[1]);
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.commands = None;
-        self.wake();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!(target: "swarmexec", "the reaper thread panicked");
-            }
+        let Some(ReaperHandle {
+            commands,
+            mut waker,
+            thread,
+        }) = self.reaper.lock().take()
+        else {
+            return;
+        };
+        drop(commands);
+        let _ = waker.write(&[1]);
+        if thread.join().is_err() {
+            log::error!(target: "swarmexec", "the reaper thread panicked");
         }
     }
 }
@@ -489,7 +515,8 @@ mod tests {
 
     #[test]
     fn without_pidfds_exits_are_found_by_asking() {
-        let supervisor = Supervisor::start_with(ExitWatch::Asking).unwrap();
+        let supervisor = Supervisor::with_exit_watch(ExitWatch::Asking);
+        supervisor.ensure_running().unwrap();
         let cancel = CancelToken::new();
         let quick = spawn("echo out; exit 4", &supervisor);
         assert_eq!(code(quick.wait_exit(&cancel, None).unwrap()), Some(4));

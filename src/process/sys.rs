@@ -162,23 +162,56 @@ fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
     }
 }
 
-/// True when the calling thread blocks any signal. A child inherits the mask of
-/// the thread that spawns it, and neither `posix_spawn` nor the standard library
-/// clears it: a host that blocks SIGTERM to `sigwait` for it would otherwise start
-/// programs that can never be asked to stop.
-pub(super) fn thread_blocks_signals() -> bool {
+/// What a child would inherit of the signal state of the thread that spawns it,
+/// beyond the defaults a program expects.
+#[derive(Debug, Default)]
+pub(super) struct SignalState {
+    /// The thread blocks some signal.
+    blocked: bool,
+    /// Signals the process ignores (other than SIGPIPE, which the standard library
+    /// resets in every child itself).
+    ignored: Vec<libc::c_int>,
+}
+
+impl SignalState {
+    /// True when the child needs no help to start with every signal at its default.
+    pub(super) fn is_default(&self) -> bool {
+        !self.blocked && self.ignored.is_empty()
+    }
+}
+
+/// Reads the calling thread's signal mask and the process's ignored signals.
+///
+/// A child inherits both: the mask of the thread that spawns it, and every signal
+/// set to be ignored (handlers are reset by `exec`, ignored signals are not).
+/// Neither `posix_spawn` as the standard library calls it nor the fork path clears
+/// them, so a host that blocks SIGTERM to `sigwait` for it, or that was started
+/// from a background shell (SIGINT and SIGQUIT ignored), would otherwise start
+/// programs that cannot be asked to stop.
+pub(super) fn inherited_signal_state() -> SignalState {
     // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
     let mut current: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: a null new set only reads the mask, into the writable `current`.
-    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current) } != 0 {
-        return true;
-    }
+    let read = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current) };
     // SAFETY: `current` is an initialised sigset_t and every number is a signal.
-    (1..=libc::SIGRTMAX()).any(|signal| unsafe { libc::sigismember(&current, signal) } == 1)
+    let blocked = read != 0
+        || (1..=libc::SIGRTMAX()).any(|signal| unsafe { libc::sigismember(&current, signal) } == 1);
+    let ignored = (1..=libc::SIGRTMAX())
+        .filter(|&signal| !matches!(signal, libc::SIGKILL | libc::SIGSTOP | libc::SIGPIPE))
+        .filter(|&signal| {
+            // SAFETY: sigaction is plain data for which all-zero bytes are valid.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: a null new action only reads the disposition into `action`;
+            // signals the C library reserves fail with EINVAL and are skipped.
+            let ok = unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } == 0;
+            ok && action.sa_sigaction == libc::SIG_IGN
+        })
+        .collect();
+    SignalState { blocked, ignored }
 }
 
-/// Makes the child apply `limits` and, when `unblock_signals` is set, clear its
-/// signal mask, between fork and exec.
+/// Makes the child apply `limits` and restore the default `signals` state (an
+/// empty mask, no ignored signal) between fork and exec.
 ///
 /// This is the one use of `pre_exec`: no spawning option does either (setting
 /// limits from the parent after the spawn would let the program run unlimited for a
@@ -186,7 +219,7 @@ pub(super) fn thread_blocks_signals() -> bool {
 pub(super) fn set_up_child(
     command: &mut std::process::Command,
     limits: &[Rlimit],
-    unblock_signals: bool,
+    signals: SignalState,
 ) {
     use std::os::unix::process::CommandExt;
     let limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
@@ -203,6 +236,10 @@ pub(super) fn set_up_child(
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `empty` is a valid, writable sigset_t.
     unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: sigaction is plain data; all-zero is SIG_DFL with no flags and an
+    // empty mask.
+    let default_action: libc::sigaction = unsafe { std::mem::zeroed() };
+    let SignalState { blocked, ignored } = signals;
     let apply = move || {
         for (resource, value) in &limits {
             // SAFETY: setrlimit reads a valid rlimit and is async-signal-safe.
@@ -210,18 +247,45 @@ pub(super) fn set_up_child(
                 return Err(io::Error::last_os_error());
             }
         }
+        for &signal in &ignored {
+            // SAFETY: sigaction reads a valid action and is async-signal-safe.
+            if unsafe { libc::sigaction(signal, &default_action, std::ptr::null_mut()) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // SAFETY: sigprocmask reads a valid sigset_t and is async-signal-safe; the
         // child has a single thread, so the process mask is the thread's.
-        if unblock_signals
+        if blocked
             && unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } == -1
         {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     };
-    // SAFETY: the closure allocates nothing and calls only setrlimit and
+    // SAFETY: the closure allocates nothing and calls only setrlimit, sigaction and
     // sigprocmask, which are async-signal-safe, so it is sound in the forked child.
     unsafe { command.pre_exec(apply) };
+}
+
+/// True for the errors that mean a limit was reached (processes or threads, open
+/// files, memory): conditions that pass, worth retrying.
+pub(super) fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
+/// An exhaustion error with the limit it reached named; others as they are.
+pub(super) fn describe_exhaustion(e: &io::Error) -> String {
+    let limit = match e.raw_os_error() {
+        Some(libc::EAGAIN) => "process or thread limit reached",
+        Some(libc::EMFILE) => "this process's open-file limit reached",
+        Some(libc::ENFILE) => "the system's open-file limit reached",
+        Some(libc::ENOMEM) => "out of memory",
+        _ => return e.to_string(),
+    };
+    format!("{limit} ({e})")
 }
 
 /// The signal named `name`: `"SIGTERM"`, `"TERM"` or `"15"`, any case.
