@@ -89,6 +89,7 @@ mod cancel;
 mod controller;
 mod error;
 pub mod executor;
+mod panic;
 #[cfg(target_os = "linux")]
 pub mod process;
 mod state;

@@ -75,7 +75,8 @@ pub fn do_task<C: Controller + ?Sized>(
         Outcome::Retry(err) => (derive(old, old.state, None, err), Err(Error::TaskRetry)),
         Outcome::Fatal(state, err) => (derive(old, state, None, err), Ok(())),
     };
-    if status.state >= TaskState::Starting {
+    // A rejected task never ran: it has no runtime status to report.
+    if status.state >= TaskState::Starting && status.state != TaskState::Rejected {
         touched |= collect_runtime_status(cancel, ctlr, &mut status, failure);
     }
     finish(task, &mut status, touched);
@@ -85,8 +86,8 @@ pub fn do_task<C: Controller + ?Sized>(
 /// Asks `executor` for a controller for `task`, and returns the status that result
 /// gives the task, to be reported whether or not a controller was made.
 ///
-/// A failure is recorded with message "resolving controller failed" and the error's
-/// text, and makes the task [`Rejected`](TaskState::Rejected) before it started or
+/// A failure (a panic of the executor included) is recorded with message
+/// "resolving controller failed" and the error's text, and makes the task [`Rejected`](TaskState::Rejected) before it started or
 /// [`Failed`](TaskState::Failed) while starting or running; a terminal state is kept.
 /// A success moves a task that had not been accepted to
 /// [`Accepted`](TaskState::Accepted) ("accepted"). `cancel` is accepted for symmetry
@@ -108,7 +109,8 @@ pub fn resolve<E: Executor + ?Sized>(
     executor: &E,
 ) -> (TaskStatus, Result<Box<dyn Controller>, Error>) {
     let old = &task.status;
-    let controller = executor.controller(task);
+    let controller =
+        crate::panic::contain_result("executor", &task.id, || executor.controller(task));
     let mut status = match &controller {
         Err(err) => {
             let state = match old.state {

@@ -339,39 +339,46 @@ fn removal_by_reassignment_removes_and_closes_the_controller_once() {
 }
 
 #[test]
-fn secrets_reach_the_stores_before_their_tasks_and_leave_when_unreferenced() {
+fn secrets_and_configs_are_stored_as_assigned_whatever_references_them() {
+    use swarmexec::{ConfigsProvider, SecretsProvider};
     let executor = Arc::new(StubExecutor::new());
     let worker = Worker::new(Arc::clone(&executor) as Arc<dyn Executor>);
-    let secret = Secret {
-        id: "s1".into(),
+    let secret = |id: &str| Secret {
+        id: id.into(),
         data: b"x".to_vec(),
         ..Default::default()
     };
-    let mut t = task("t", TaskState::Assigned, TaskState::Running);
-    t.spec.runtime = Some(Runtime::Process(ProcessSpec {
-        secrets: vec![SecretReference {
-            secret_id: "s1".into(),
-            target: "s".into(),
-            ..Default::default()
-        }],
+    let config = Config {
+        id: "c1".into(),
         ..Default::default()
-    }));
+    };
+    let store = executor.dependency_store();
+    // A generic task references nothing: what is assigned is stored all the same.
+    let mut t = task("t", TaskState::Assigned, TaskState::Running);
+    t.spec.runtime = Some(Runtime::Generic(GenericRuntimeSpec::default()));
     worker
-        .assign(vec![t], vec![secret.clone()], vec![])
+        .assign(vec![t], vec![secret("s1"), secret("s2")], vec![config])
         .unwrap();
-    use swarmexec::SecretsProvider;
-    assert!(executor.dependency_store().secrets().get("s1").is_ok());
+    assert!(store.secrets().get("s1").is_ok());
+    assert!(store.configs().get("c1").is_ok());
 
     worker
         .update(AssignmentChanges {
             removed_tasks: vec!["t".into()],
+            removed_secrets: vec!["s2".into()],
             ..Default::default()
         })
         .unwrap();
     assert!(
-        executor.dependency_store().secrets().get("s1").is_err(),
-        "no task references it any more"
+        store.secrets().get("s1").is_ok(),
+        "removing a task removes no secret"
     );
+    assert!(store.secrets().get("s2").is_err(), "a removed secret goes");
+
+    worker.assign(vec![], vec![secret("s3")], vec![]).unwrap();
+    assert!(store.secrets().get("s1").is_err(), "an assignment replaces");
+    assert!(store.configs().get("c1").is_err(), "an assignment replaces");
+    assert!(store.secrets().get("s3").is_ok());
     worker.wait();
 }
 

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use super::pool::Pool;
 use super::StatusReporter;
 use crate::api::TaskStatus;
+use crate::panic::contain_result;
 
 /// How many statuses a listener queues before it starts coalescing.
 pub const LISTENER_QUEUE: usize = 4096;
@@ -22,6 +23,9 @@ pub const LISTENER_QUEUE: usize = 4096;
 /// it has caught up, only the newest status of each task is kept for it. It may miss
 /// intermediate states of a task, but always receives that task's latest status,
 /// and never an older one after a newer one.
+///
+/// A reporter that panics misses the status it panicked on and keeps receiving.
+#[must_use = "dropping the listener ends the listening at once"]
 pub struct Listener {
     shared: Arc<Shared>,
 }
@@ -123,10 +127,15 @@ impl Shared {
         next
     }
 
+    /// Delivers until the queue is empty. A reporter that fails or panics misses
+    /// that one status and keeps receiving.
     fn deliver(&self) {
         while let Some((task_id, status)) = self.next() {
-            if let Err(e) = self.reporter.update_task_status(&task_id, &status) {
-                log::warn!(target: "swarmexec", "a status listener failed: {e}");
+            let delivered = contain_result("status listener", &task_id, || {
+                self.reporter.update_task_status(&task_id, &status)
+            });
+            if let Err(e) = delivered {
+                log::warn!(target: "swarmexec", "task {task_id}: a status listener failed: {e}");
             }
         }
     }

@@ -1,9 +1,7 @@
 //! [`TaskManager`]: drives one task with `do_task` until there is nothing left to do.
 
-use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -11,8 +9,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::pool::Pool;
-use super::StatusReporter;
+use super::{StatusReporter, STUCK_CALL_WAIT};
 use crate::api::{LogSubscriptionOptions, Task, TaskStatus};
+use crate::panic::{contain, contain_result};
 use crate::state::failed_status;
 use crate::timer::{self, Due};
 use crate::{do_task, CancelToken, Controller, Error, LogPublisher};
@@ -67,6 +66,7 @@ impl Default for ManagerOptions {
 /// assert_eq!(last.1.message, "finished");
 /// manager.close();
 /// ```
+#[must_use = "dropping a task manager closes it"]
 pub struct TaskManager {
     inner: Arc<Inner>,
 }
@@ -188,7 +188,8 @@ impl TaskManager {
         Ok(())
     }
 
-    /// Forwards a log subscription to the controller's logs capability.
+    /// Forwards a log subscription to the controller's logs capability; a panic of
+    /// the controller or of `publisher` fails the subscription.
     pub fn logs(
         &self,
         cancel: &CancelToken,
@@ -196,7 +197,9 @@ impl TaskManager {
         options: &LogSubscriptionOptions,
     ) -> Result<(), Error> {
         match self.inner.controller.as_logs() {
-            Some(logs) => logs.logs(cancel, publisher, options),
+            Some(logs) => contain_result("log subscription", &self.inner.id, || {
+                logs.logs(cancel, publisher, options)
+            }),
             None => Err(Error::other(format!(
                 "task {}: the controller has no logs",
                 self.inner.id
@@ -205,9 +208,21 @@ impl TaskManager {
     }
 
     /// Cancels the operation in flight and stops the manager, returning once its
-    /// step has returned (a controller that ignores cancellation holds it up).
+    /// step has returned. A controller call that ignores its token is waited for
+    /// two seconds at most, then left to finish on its thread (and logged).
     /// Idempotent; the controller itself is left open.
     pub fn close(&self) {
+        if !self.close_until(Instant::now() + STUCK_CALL_WAIT) {
+            log::warn!(
+                target: "swarmexec",
+                "task {}: a controller call ignores cancellation; it is left to finish on its thread",
+                self.inner.id
+            );
+        }
+    }
+
+    /// Closes without waiting for the step in flight.
+    pub(crate) fn cancel(&self) {
         let inner = &self.inner;
         let mut state = inner.state.lock();
         if !state.closed {
@@ -215,12 +230,23 @@ impl TaskManager {
             state.retry_at = None;
             inner.root.cancel();
         }
+    }
+
+    /// Closes, then waits until `deadline` for the step in flight; false if it
+    /// is still running then.
+    pub(crate) fn close_until(&self, deadline: Instant) -> bool {
+        self.cancel();
+        let inner = &self.inner;
+        let mut state = inner.state.lock();
         // Called from a reporter on the manager's own thread, waiting would be for
         // ourselves.
         let current = std::thread::current().id();
         while state.scheduled && state.runner != Some(current) {
-            inner.stopped.wait(&mut state);
+            if inner.stopped.wait_until(&mut state, deadline).timed_out() {
+                return !state.scheduled;
+            }
         }
+        true
     }
 
     /// True once closed.
@@ -310,9 +336,7 @@ impl Inner {
                 // Stored before it is reported: whoever hears of it finds it here.
                 state.task.status.clone_from(&status);
                 drop(state);
-                if let Err(e) = self.reporter.update_task_status(&self.id, &status) {
-                    log::warn!(target: "swarmexec", "task {}: reporting its status failed: {e}", self.id);
-                }
+                self.report(&status);
                 state = self.state.lock();
             }
             let next = match result {
@@ -347,24 +371,25 @@ impl Inner {
         task: &Task,
         update: Option<Task>,
     ) -> (TaskStatus, Result<(), Error>) {
-        let attempt = catch_unwind(AssertUnwindSafe(|| {
+        let attempt = contain("controller", &self.id, || {
             if let Some(update) = &update {
                 if let Err(e) = self.controller.update(cancel, update) {
                     log::warn!(target: "swarmexec", "task {}: controller refused the update: {e}", self.id);
                 }
             }
             do_task(cancel, task, &*self.controller)
-        }));
-        match attempt {
-            Ok(outcome) => outcome,
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                log::error!(target: "swarmexec", "task {}: controller panicked: {message}", self.id);
-                (
-                    failed_status(task, format!("controller panicked: {message}")),
-                    Ok(()),
-                )
-            }
+        });
+        attempt.unwrap_or_else(|panic| (failed_status(task, panic.to_string()), Ok(())))
+    }
+
+    /// Reports a status; a reporter that fails or panics is logged, and the
+    /// manager goes on.
+    fn report(&self, status: &TaskStatus) {
+        let reported = contain_result("status reporter", &self.id, || {
+            self.reporter.update_task_status(&self.id, status)
+        });
+        if let Err(e) = reported {
+            log::warn!(target: "swarmexec", "task {}: reporting its status failed: {e}", self.id);
         }
     }
 
@@ -404,14 +429,4 @@ fn jitter(nominal: Duration) -> Duration {
     let random = RandomState::new().hash_one(Instant::now());
     let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
     nominal.mul_f64(0.5 + fraction / 2.0)
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        message
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message
-    } else {
-        "unknown panic"
-    }
 }

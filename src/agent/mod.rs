@@ -26,13 +26,20 @@ pub use listener::{Listener, LISTENER_QUEUE};
 pub use manager::{ManagerOptions, TaskManager};
 pub use worker::{AssignmentChanges, Worker};
 
+use std::time::Duration;
+
 use crate::api::TaskStatus;
 use crate::Error;
 
+/// How long closing waits for a controller call that ignores its token before
+/// leaving it to finish on its thread.
+const STUCK_CALL_WAIT: Duration = Duration::from_secs(2);
+
 /// Receives the statuses of tasks.
 ///
-/// Implemented for closures `Fn(&str, &TaskStatus) -> Result<(), Error>` and for a
-/// crossbeam `Sender<(String, TaskStatus)>`.
+/// Implemented for closures `Fn(&str, &TaskStatus) -> Result<(), Error>` and for the
+/// sending ends of channels of `(String, TaskStatus)`, crossbeam's and the standard
+/// library's.
 pub trait StatusReporter: Send + Sync {
     /// Takes the new status of task `task_id`.
     fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error>;
@@ -49,6 +56,14 @@ where
 
 /// Sends each status into the channel; fails once every receiver is gone.
 impl StatusReporter for crossbeam_channel::Sender<(String, TaskStatus)> {
+    fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
+        self.send((task_id.to_owned(), status.clone()))
+            .map_err(|_| Error::other("status receiver has gone away"))
+    }
+}
+
+/// Sends each status into the channel; fails once the receiver is gone.
+impl StatusReporter for std::sync::mpsc::Sender<(String, TaskStatus)> {
     fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
         self.send((task_id.to_owned(), status.clone()))
             .map_err(|_| Error::other("status receiver has gone away"))

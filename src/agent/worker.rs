@@ -1,15 +1,18 @@
 //! [`Worker`]: reconciles the tasks assigned to this node with running task managers.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::listener::{self, Listener};
 use super::manager::{ManagerOptions, TaskManager};
 use super::pool::Pool;
-use super::StatusReporter;
+use super::{StatusReporter, STUCK_CALL_WAIT};
 use crate::api::{Config, LogSubscriptionOptions, Secret, Task, TaskStatus};
+use crate::panic::{contain, contain_result};
 use crate::{resolve, CancelToken, Controller, Error, Executor, LogPublisher};
 
 /// Changes to a node's assignment, for [`Worker::update`].
@@ -33,24 +36,37 @@ pub struct AssignmentChanges {
 /// controller (through [`resolve`]) and a [`TaskManager`], and reports every status
 /// to its listeners.
 ///
-/// Every method may be called from any thread. Secrets and configs go into the
-/// executor's stores (see [`Executor::dependencies`]) before the tasks that need
-/// them, and leave once no assigned task references them. A task that leaves the
-/// assignment is shut down, then its controller is removed and closed, in the
-/// background; [`wait`](Worker::wait) waits for that too.
+/// Every method may be called from any thread. Secrets and configs are stored as
+/// the reference's agent stores them: [`assign`](Worker::assign) replaces the
+/// executor's stores (see [`Executor::dependencies`]) with what it is given, and
+/// [`update`](Worker::update) adds and removes what it names, always before the
+/// tasks of the same call are started. (What a task may read of them is still
+/// limited to what it references: see
+/// [`DependencyStore::restrict`](crate::executor::DependencyStore::restrict).)
 ///
-/// [`close`](Worker::close) stops every manager and closes every controller, which
-/// for the [process executor](crate::process) kills the programs still running.
+/// A task that leaves the assignment is removed in the background, best-effort as
+/// in the reference: its manager is closed, then its controller is shut down,
+/// removed and closed, each step tried whatever happened to the one before; a
+/// failure is logged and reported to the listeners as the task's last status.
+/// [`wait`](Worker::wait) waits for removals too. A task id may be assigned again at
+/// once: the new task gets a new controller, and the old one's late reports are
+/// dropped.
+///
+/// User code (the executor, controllers, listeners) never runs under a lock that
+/// another task's progress needs, and a panic in it is contained: it fails the call
+/// it happened in, and nothing else. [`close`](Worker::close) stops every manager
+/// and closes every controller, which for the [process executor](crate::process)
+/// kills the programs still running and deletes their files; it returns within a
+/// few seconds even when a controller call ignores its token.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use crossbeam_channel::unbounded;
 /// use swarmexec::agent::Worker;
 /// use swarmexec::api::*;
 /// use swarmexec::{Error, StubExecutor};
 ///
 /// let worker = Worker::new(Arc::new(StubExecutor::new()));
-/// let (reports, statuses) = unbounded::<(String, TaskStatus)>();
+/// let (reports, statuses) = std::sync::mpsc::channel::<(String, TaskStatus)>();
 /// let _listener = worker.listen(reports);
 /// let task = Task { id: "job.1".into(), desired_state: TaskState::Running, ..Default::default() };
 /// worker.assign(vec![task], vec![], vec![])?;
@@ -59,6 +75,7 @@ pub struct AssignmentChanges {
 /// worker.close();
 /// # Ok::<(), Error>(())
 /// ```
+#[must_use = "dropping the worker closes it, killing its tasks"]
 pub struct Worker {
     inner: Arc<Inner>,
 }
@@ -66,24 +83,29 @@ pub struct Worker {
 struct Inner {
     executor: Arc<dyn Executor>,
     options: ManagerOptions,
+    /// Serialises assignments. Held while the executor is asked for controllers,
+    /// but needed by nothing else: statuses, logs, `wait` and removals go on.
+    applying: Mutex<()>,
     assigned: Mutex<Assigned>,
     reports: Arc<Reports>,
     /// Notified whenever a manager closes or a removal finishes.
     settled: Condvar,
+    /// Cancelled by `close`: cuts removals in progress short.
+    root: CancelToken,
+    /// Tells apart tasks that reuse an id.
+    next_generation: AtomicU64,
 }
 
 #[derive(Default)]
 struct Assigned {
     tasks: HashMap<String, Entry>,
-    /// Secrets and configs the worker put into the executor's stores.
-    secrets: HashSet<String>,
-    configs: HashSet<String>,
     removing: usize,
     closed: bool,
 }
 
 struct Entry {
     task: Task,
+    generation: u64,
     /// `None` when no controller could be made for the task.
     run: Option<Running>,
 }
@@ -102,22 +124,67 @@ struct Reports {
 
 #[derive(Default)]
 struct ReportState {
-    statuses: HashMap<String, TaskStatus>,
+    statuses: HashMap<String, (u64, TaskStatus)>,
     listeners: Vec<Arc<listener::Shared>>,
 }
 
-impl StatusReporter for Reports {
-    /// Records and fans out a manager's report; reports of tasks no longer
-    /// assigned are dropped.
-    fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
+impl Reports {
+    /// Starts keeping the status of a newly assigned task.
+    fn insert(&self, task_id: &str, generation: u64, status: &TaskStatus) {
         let mut state = self.state.lock();
-        if let Some(latest) = state.statuses.get_mut(task_id) {
-            latest.clone_from(status);
-            state.listeners.retain(|l| !l.is_closed());
-            for listener in &state.listeners {
-                listener.push(task_id, status);
-            }
+        state
+            .statuses
+            .insert(task_id.to_owned(), (generation, status.clone()));
+    }
+
+    /// Records and fans out a status; dropped unless the task is still assigned
+    /// and is the same `generation`.
+    fn record(&self, task_id: &str, generation: u64, status: &TaskStatus) {
+        let mut state = self.state.lock();
+        match state.statuses.get_mut(task_id) {
+            Some((current, latest)) if *current == generation => latest.clone_from(status),
+            _ => return,
         }
+        state.fan_out(task_id, status);
+    }
+
+    /// Stops keeping the status of a task that left the assignment.
+    fn forget(&self, task_id: &str, generation: u64) {
+        let mut state = self.state.lock();
+        if state
+            .statuses
+            .get(task_id)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            state.statuses.remove(task_id);
+        }
+    }
+
+    /// Tells the listeners a status that is not kept (of a removed task).
+    fn announce(&self, task_id: &str, status: &TaskStatus) {
+        self.state.lock().fan_out(task_id, status);
+    }
+}
+
+impl ReportState {
+    fn fan_out(&mut self, task_id: &str, status: &TaskStatus) {
+        self.listeners.retain(|l| !l.is_closed());
+        for listener in &self.listeners {
+            listener.push(task_id, status);
+        }
+    }
+}
+
+/// What a task's manager reports to: the worker's [`Reports`], under the task's
+/// generation.
+struct TaskReporter {
+    reports: Arc<Reports>,
+    generation: u64,
+}
+
+impl StatusReporter for TaskReporter {
+    fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
+        self.reports.record(task_id, self.generation, status);
         Ok(())
     }
 }
@@ -134,9 +201,12 @@ impl Worker {
             inner: Arc::new(Inner {
                 executor,
                 options,
+                applying: Mutex::new(()),
                 assigned: Mutex::new(Assigned::default()),
                 reports: Arc::new(Reports::default()),
                 settled: Condvar::new(),
+                root: CancelToken::new(),
+                next_generation: AtomicU64::new(1),
             }),
         }
     }
@@ -146,45 +216,28 @@ impl Worker {
         &self.inner.executor
     }
 
-    /// Makes `tasks` the complete set of tasks assigned to this node, with the
-    /// secrets and configs they need: new tasks are started, known ones updated,
-    /// and tasks not in the set removed.
+    /// Makes `tasks` the complete set of tasks assigned to this node, and
+    /// `secrets` and `configs` the complete contents of the executor's stores: new
+    /// tasks are started, known ones updated, and tasks not in the set removed.
     pub fn assign(
         &self,
         tasks: Vec<Task>,
         secrets: Vec<Secret>,
         configs: Vec<Config>,
     ) -> Result<(), Error> {
-        let inner = &self.inner;
-        let mut assigned = inner.assigned.lock();
-        if assigned.closed {
-            return Err(Error::WorkerClosed);
-        }
-        let removed_tasks = missing(assigned.tasks.keys(), tasks.iter().map(|t| &t.id));
-        let removed_secrets = missing(assigned.secrets.iter(), secrets.iter().map(|s| &s.id));
-        let removed_configs = missing(assigned.configs.iter(), configs.iter().map(|c| &c.id));
-        inner.apply(
-            &mut assigned,
-            AssignmentChanges {
-                tasks,
-                removed_tasks,
-                secrets,
-                removed_secrets,
-                configs,
-                removed_configs,
-            },
-        );
-        Ok(())
+        let changes = AssignmentChanges {
+            tasks,
+            secrets,
+            configs,
+            ..Default::default()
+        };
+        self.inner.apply(changes, Snapshot::Full)
     }
 
-    /// Applies incremental changes to the assignment.
+    /// Applies incremental changes to the assignment: the tasks, secrets and
+    /// configs it gives are added or updated, those it names as removed go.
     pub fn update(&self, changes: AssignmentChanges) -> Result<(), Error> {
-        let mut assigned = self.inner.assigned.lock();
-        if assigned.closed {
-            return Err(Error::WorkerClosed);
-        }
-        self.inner.apply(&mut assigned, changes);
-        Ok(())
+        self.inner.apply(changes, Snapshot::Incremental)
     }
 
     /// Sends every status change of every task to `reporter`, starting with the
@@ -194,7 +247,7 @@ impl Worker {
         let listener = Listener::new(Arc::new(reporter));
         let shared = listener.shared();
         let mut reports = self.inner.reports.state.lock();
-        for (id, status) in &reports.statuses {
+        for (id, (_, status)) in &reports.statuses {
             shared.push(id, status);
         }
         reports.listeners.push(shared);
@@ -203,7 +256,11 @@ impl Worker {
 
     /// The latest status of each assigned task.
     pub fn statuses(&self) -> HashMap<String, TaskStatus> {
-        self.inner.reports.state.lock().statuses.clone()
+        let reports = self.inner.reports.state.lock();
+        let statuses = reports.statuses.iter();
+        statuses
+            .map(|(id, (_, status))| (id.clone(), status.clone()))
+            .collect()
     }
 
     /// Publishes the logs of task `task_id`; see [`TaskManager::logs`].
@@ -236,26 +293,47 @@ impl Worker {
         }
     }
 
-    /// Stops every task manager and closes every controller, then waits for
-    /// removals in progress. Later assignments fail with [`Error::WorkerClosed`].
-    /// Idempotent.
+    /// Stops every task manager and closes every controller, cuts removals in
+    /// progress short, and waits for all of it, a few seconds at most: a controller
+    /// call that ignores its token is left to finish on its thread (and logged).
+    /// Later assignments fail with [`Error::WorkerClosed`]. Idempotent.
     pub fn close(&self) {
+        let inner = &self.inner;
         let entries: Vec<Entry> = {
-            let mut assigned = self.inner.assigned.lock();
+            let mut assigned = inner.assigned.lock();
             assigned.closed = true;
             assigned.tasks.drain().map(|(_, entry)| entry).collect()
         };
-        for running in entries.iter().filter_map(|e| e.run.as_ref()) {
-            running.manager.close();
+        inner.root.cancel();
+        let running: Vec<(String, Running)> = entries
+            .into_iter()
+            .filter_map(|e| Some((e.task.id, e.run?)))
+            .collect();
+        for (_, run) in &running {
+            run.manager.cancel();
         }
-        for running in entries.iter().filter_map(|e| e.run.as_ref()) {
-            if let Err(e) = running.controller.close() {
-                log::warn!(target: "swarmexec", "closing the controller of {} failed: {e}", running.manager.task_id());
+        let deadline = Instant::now() + STUCK_CALL_WAIT;
+        for (id, run) in &running {
+            if !run.manager.close_until(deadline) {
+                log::warn!(target: "swarmexec", "task {id}: a controller call ignores cancellation; it is left to finish on its thread");
             }
         }
-        self.inner.reports.state.lock().statuses.clear();
-        self.inner.settled.notify_all();
-        self.wait();
+        let controllers = running.into_iter().map(|(id, run)| (id, run.controller));
+        close_controllers(controllers.collect());
+        inner.reports.state.lock().statuses.clear();
+        inner.settled.notify_all();
+        let deadline = Instant::now() + STUCK_CALL_WAIT;
+        let mut assigned = inner.assigned.lock();
+        while assigned.removing > 0 {
+            if inner
+                .settled
+                .wait_until(&mut assigned, deadline)
+                .timed_out()
+            {
+                log::warn!(target: "swarmexec", "{} removals still under way; they are left to finish", assigned.removing);
+                break;
+            }
+        }
     }
 }
 
@@ -287,8 +365,20 @@ impl Assigned {
     }
 }
 
+/// Whether an assignment is the whole set or changes to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    Full,
+    Incremental,
+}
+
 impl Inner {
-    fn apply(self: &Arc<Self>, assigned: &mut Assigned, changes: AssignmentChanges) {
+    fn apply(
+        self: &Arc<Self>,
+        changes: AssignmentChanges,
+        snapshot: Snapshot,
+    ) -> Result<(), Error> {
+        let _serial = self.applying.lock();
         let AssignmentChanges {
             tasks,
             removed_tasks,
@@ -297,57 +387,76 @@ impl Inner {
             configs,
             removed_configs,
         } = changes;
-        let stores = self.executor.dependencies();
-        if let Some(stores) = stores {
-            assigned
-                .secrets
-                .extend(secrets.iter().map(|s| s.id.clone()));
-            assigned
-                .configs
-                .extend(configs.iter().map(|c| c.id.clone()));
-            stores.secrets().add(secrets);
-            stores.configs().add(configs);
+        let removed_tasks = {
+            let assigned = self.assigned.lock();
+            if assigned.closed {
+                return Err(Error::WorkerClosed);
+            }
+            match snapshot {
+                Snapshot::Full => missing(assigned.tasks.keys(), tasks.iter().map(|t| &t.id)),
+                Snapshot::Incremental => removed_tasks,
+            }
+        };
+        if let Some(stores) = self.executor.dependencies() {
+            let stored = contain("the executor's dependency stores", "", || {
+                if snapshot == Snapshot::Full {
+                    stores.secrets().reset();
+                    stores.configs().reset();
+                } else {
+                    stores.secrets().remove(&removed_secrets);
+                    stores.configs().remove(&removed_configs);
+                }
+                stores.secrets().add(secrets);
+                stores.configs().add(configs);
+            });
+            if let Err(e) = stored {
+                log::error!(target: "swarmexec", "secrets and configs may be out of date: {e}");
+            }
         }
         for task in tasks {
-            match assigned.tasks.get_mut(&task.id) {
-                Some(entry) => self.update_task(entry, task),
-                None => {
-                    let entry = self.start_task(task);
-                    assigned.tasks.insert(entry.task.id.clone(), entry);
-                }
-            }
+            self.assign_task(task);
         }
         for id in removed_tasks {
-            if let Some(entry) = assigned.tasks.remove(&id) {
-                self.remove_task(assigned, entry);
-            }
+            self.remove_task(&id);
         }
-        if let Some(stores) = stores {
-            let (secrets, configs) = unreferenced(assigned, removed_secrets, removed_configs);
-            stores.secrets().remove(&secrets);
-            stores.configs().remove(&configs);
-        }
+        Ok(())
     }
 
-    fn start_task(self: &Arc<Self>, mut task: Task) -> Entry {
+    /// Updates a known task, or resolves a controller for a new one (outside the
+    /// state lock: the executor is user code) and starts its manager.
+    fn assign_task(self: &Arc<Self>, mut task: Task) {
+        {
+            let mut assigned = self.assigned.lock();
+            if let Some(entry) = assigned.tasks.get_mut(&task.id) {
+                update_task(entry, task);
+                return;
+            }
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.reports.insert(&task.id, generation, &task.status);
         let (status, controller) = resolve(&CancelToken::new(), &task, &*self.executor);
-        self.reports
-            .state
-            .lock()
-            .statuses
-            .insert(task.id.clone(), task.status.clone());
         if status != task.status {
-            let _ = self.reports.update_task_status(&task.id, &status);
+            self.reports.record(&task.id, generation, &status);
         }
         task.status = status;
+        let mut assigned = self.assigned.lock();
+        if assigned.closed {
+            drop(assigned);
+            if let Ok(controller) = controller {
+                close_controllers(vec![(task.id, Arc::from(controller))]);
+            }
+            return;
+        }
         let run = controller.ok().map(|controller| {
             let controller: Arc<dyn Controller> = Arc::from(controller);
-            let reporter: Arc<dyn StatusReporter> =
-                Arc::clone(&self.reports) as Arc<dyn StatusReporter>;
+            let reporter = TaskReporter {
+                reports: Arc::clone(&self.reports),
+                generation,
+            };
             let manager = TaskManager::with_options(
                 task.clone(),
                 Arc::clone(&controller),
-                reporter,
+                Arc::new(reporter),
                 self.options,
             );
             Running {
@@ -355,40 +464,108 @@ impl Inner {
                 controller,
             }
         });
-        Entry { task, run }
+        let entry = Entry {
+            task,
+            generation,
+            run,
+        };
+        assigned.tasks.insert(entry.task.id.clone(), entry);
     }
 
-    fn update_task(&self, entry: &mut Entry, task: Task) {
-        if let Some(running) = &entry.run {
-            if let Err(e) = running.manager.update(&task) {
-                log::warn!(target: "swarmexec", "task {}: update refused: {e}", task.id);
+    /// Takes the task out of the assignment and dismantles it on a pool thread.
+    fn remove_task(self: &Arc<Self>, task_id: &str) {
+        let entry = {
+            let mut assigned = self.assigned.lock();
+            let Some(entry) = assigned.tasks.remove(task_id) else {
+                return;
+            };
+            if entry.run.is_some() {
+                assigned.removing += 1;
+            }
+            entry
+        };
+        self.reports.forget(task_id, entry.generation);
+        let Some(running) = entry.run else { return };
+        let removal = Removal {
+            worker: Arc::clone(self),
+        };
+        let cancel = self.root.child();
+        Pool::global().submit(move || removal.run(&entry.task.id, &running, &cancel));
+    }
+}
+
+/// One removal in progress; counted until dropped, so that even a panic cannot
+/// leave `Worker::wait` waiting for it.
+struct Removal {
+    worker: Arc<Inner>,
+}
+
+impl Removal {
+    /// Closes the manager, then shuts down, removes and closes the controller, each
+    /// step tried whatever happened to the one before, as the reference's agent
+    /// does.
+    fn run(&self, task_id: &str, running: &Running, cancel: &CancelToken) {
+        running.manager.close();
+        let controller = &*running.controller;
+        let mut failures = Vec::new();
+        for step in ["shutdown", "remove", "close"] {
+            let call = || match step {
+                "shutdown" => controller.shutdown(cancel),
+                "remove" => controller.remove(cancel),
+                _ => controller.close(),
+            };
+            if let Err(e) = contain_result("controller", task_id, call) {
+                log::warn!(target: "swarmexec", "task {task_id}: {step} failed during its removal: {e}");
+                failures.push(format!("{step}: {e}"));
             }
         }
-        let status = std::mem::take(&mut entry.task.status);
-        entry.task = Task { status, ..task };
+        if !failures.is_empty() {
+            let mut status = running.manager.task().status;
+            status.err = format!("removal failed: {}", failures.join("; "));
+            status.timestamp = Some(SystemTime::now().max(status.timestamp.unwrap_or(UNIX_EPOCH)));
+            self.worker.reports.announce(task_id, &status);
+        }
     }
+}
 
-    /// Shuts the task down, then removes and closes its controller, on a pool
-    /// thread.
-    fn remove_task(self: &Arc<Self>, assigned: &mut Assigned, entry: Entry) {
-        self.reports.state.lock().statuses.remove(&entry.task.id);
-        let Some(running) = entry.run else { return };
-        assigned.removing += 1;
-        let me = Arc::clone(self);
+impl Drop for Removal {
+    fn drop(&mut self) {
+        self.worker.assigned.lock().removing -= 1;
+        self.worker.settled.notify_all();
+    }
+}
+
+/// Takes a new definition of a known task, keeping the status the worker holds.
+fn update_task(entry: &mut Entry, task: Task) {
+    if let Some(running) = &entry.run {
+        if let Err(e) = running.manager.update(&task) {
+            log::warn!(target: "swarmexec", "task {}: update refused: {e}", task.id);
+        }
+    }
+    let status = std::mem::take(&mut entry.task.status);
+    entry.task = Task { status, ..task };
+}
+
+/// Closes controllers in parallel on pool threads, waiting for them a few seconds
+/// at most; a failure or panic is logged.
+fn close_controllers(controllers: Vec<(String, Arc<dyn Controller>)>) {
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let count = controllers.len();
+    for (task_id, controller) in controllers {
+        let done = done_tx.clone();
         Pool::global().submit(move || {
-            running.manager.close();
-            let cancel = CancelToken::new();
-            let controller = &running.controller;
-            let outcome = controller
-                .shutdown(&cancel)
-                .and_then(|()| controller.remove(&cancel))
-                .and_then(|()| controller.close());
-            if let Err(e) = outcome {
-                log::warn!(target: "swarmexec", "removing task {} failed: {e}", entry.task.id);
+            if let Err(e) = contain_result("controller", &task_id, || controller.close()) {
+                log::warn!(target: "swarmexec", "task {task_id}: closing its controller failed: {e}");
             }
-            me.assigned.lock().removing -= 1;
-            me.settled.notify_all();
+            let _ = done.send(());
         });
+    }
+    let deadline = Instant::now() + STUCK_CALL_WAIT;
+    for _ in 0..count {
+        if done_rx.recv_deadline(deadline).is_err() {
+            log::warn!(target: "swarmexec", "controllers still closing; they are left to finish");
+            return;
+        }
     }
 }
 
@@ -399,54 +576,4 @@ fn missing<'a>(
 ) -> Vec<String> {
     let kept: HashSet<&String> = kept.collect();
     known.filter(|id| !kept.contains(id)).cloned().collect()
-}
-
-/// Of the secrets and configs the worker stored, those no assigned task
-/// references any more, plus those explicitly removed; forgets them.
-fn unreferenced(
-    assigned: &mut Assigned,
-    removed_secrets: Vec<String>,
-    removed_configs: Vec<String>,
-) -> (Vec<String>, Vec<String>) {
-    let mut used_secrets = HashSet::new();
-    let mut used_configs = HashSet::new();
-    for entry in assigned.tasks.values() {
-        used_secrets.extend(
-            entry
-                .task
-                .spec
-                .secret_references()
-                .iter()
-                .map(|r| r.secret_id.as_str()),
-        );
-        used_configs.extend(
-            entry
-                .task
-                .spec
-                .config_references()
-                .iter()
-                .map(|r| r.config_id.as_str()),
-        );
-    }
-    let mut secrets: Vec<String> = assigned
-        .secrets
-        .iter()
-        .filter(|id| !used_secrets.contains(id.as_str()))
-        .cloned()
-        .collect();
-    let mut configs: Vec<String> = assigned
-        .configs
-        .iter()
-        .filter(|id| !used_configs.contains(id.as_str()))
-        .cloned()
-        .collect();
-    secrets.extend(removed_secrets);
-    configs.extend(removed_configs);
-    for id in &secrets {
-        assigned.secrets.remove(id);
-    }
-    for id in &configs {
-        assigned.configs.remove(id);
-    }
-    (secrets, configs)
 }
