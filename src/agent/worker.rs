@@ -83,9 +83,6 @@ pub struct Worker {
 struct Inner {
     executor: Arc<dyn Executor>,
     options: ManagerOptions,
-    /// Serialises assignments. Held while the executor is asked for controllers,
-    /// but needed by nothing else: statuses, logs, `wait` and removals go on.
-    applying: Mutex<()>,
     assigned: Mutex<Assigned>,
     reports: Arc<Reports>,
     /// Notified whenever a manager closes or a removal finishes.
@@ -106,8 +103,31 @@ struct Assigned {
 struct Entry {
     task: Task,
     generation: u64,
-    /// `None` when no controller could be made for the task.
-    run: Option<Running>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// The executor is being asked for a controller, outside any lock.
+    Resolving,
+    /// No controller could be made for the task.
+    Unresolved,
+    Managed(Running),
+}
+
+impl Entry {
+    fn running(&self) -> Option<&Running> {
+        match &self.stage {
+            Stage::Managed(running) => Some(running),
+            _ => None,
+        }
+    }
+
+    fn into_running(self) -> Option<(String, Running)> {
+        match self.stage {
+            Stage::Managed(running) => Some((self.task.id, running)),
+            _ => None,
+        }
+    }
 }
 
 struct Running {
@@ -201,7 +221,6 @@ impl Worker {
             inner: Arc::new(Inner {
                 executor,
                 options,
-                applying: Mutex::new(()),
                 assigned: Mutex::new(Assigned::default()),
                 reports: Arc::new(Reports::default()),
                 settled: Condvar::new(),
@@ -275,7 +294,7 @@ impl Worker {
             let assigned = self.inner.assigned.lock();
             let entry = assigned.tasks.get(task_id);
             entry
-                .and_then(|e| e.run.as_ref())
+                .and_then(Entry::running)
                 .map(|r| Arc::clone(&r.manager))
         };
         match manager {
@@ -307,7 +326,7 @@ impl Worker {
         inner.root.cancel();
         let running: Vec<(String, Running)> = entries
             .into_iter()
-            .filter_map(|e| Some((e.task.id, e.run?)))
+            .filter_map(Entry::into_running)
             .collect();
         for (_, run) in &running {
             run.manager.cancel();
@@ -358,10 +377,11 @@ impl std::fmt::Debug for Worker {
 impl Assigned {
     fn settled(&self) -> bool {
         self.removing == 0
-            && self
-                .tasks
-                .values()
-                .all(|e| e.run.as_ref().is_none_or(|r| r.manager.is_closed()))
+            && self.tasks.values().all(|e| match &e.stage {
+                Stage::Resolving => false,
+                Stage::Unresolved => true,
+                Stage::Managed(running) => running.manager.is_closed(),
+            })
     }
 }
 
@@ -373,12 +393,10 @@ enum Snapshot {
 }
 
 impl Inner {
-    fn apply(
-        self: &Arc<Self>,
-        changes: AssignmentChanges,
-        snapshot: Snapshot,
-    ) -> Result<(), Error> {
-        let _serial = self.applying.lock();
+    /// Applies an assignment without holding the state lock across user code:
+    /// new tasks are registered under the lock, their controllers resolved outside
+    /// it, then attached, so that a slow executor holds up no other call.
+    fn apply(self: &Arc<Self>, changes: AssignmentChanges, snapshot: Snapshot) -> Result<(), Error> {
         let AssignmentChanges {
             tasks,
             removed_tasks,
@@ -387,16 +405,9 @@ impl Inner {
             configs,
             removed_configs,
         } = changes;
-        let removed_tasks = {
-            let assigned = self.assigned.lock();
-            if assigned.closed {
-                return Err(Error::WorkerClosed);
-            }
-            match snapshot {
-                Snapshot::Full => missing(assigned.tasks.keys(), tasks.iter().map(|t| &t.id)),
-                Snapshot::Incremental => removed_tasks,
-            }
-        };
+        if self.assigned.lock().closed {
+            return Err(Error::WorkerClosed);
+        }
         if let Some(stores) = self.executor.dependencies() {
             let stored = contain("the executor's dependency stores", "", || {
                 if snapshot == Snapshot::Full {
@@ -413,84 +424,111 @@ impl Inner {
                 log::error!(target: "swarmexec", "secrets and configs may be out of date: {e}");
             }
         }
-        for task in tasks {
-            self.assign_task(task);
+        let (new_tasks, removed) = {
+            let mut assigned = self.assigned.lock();
+            if assigned.closed {
+                return Err(Error::WorkerClosed);
+            }
+            let removed_ids = match snapshot {
+                Snapshot::Full => missing(assigned.tasks.keys(), tasks.iter().map(|t| &t.id)),
+                Snapshot::Incremental => removed_tasks,
+            };
+            let new_tasks = self.register(&mut assigned, tasks);
+            let removed: Vec<Entry> = removed_ids
+                .iter()
+                .filter_map(|id| assigned.tasks.remove(id))
+                .collect();
+            // Counted now, under the lock that took them out, so that `wait` never
+            // sees a task gone but its removal not yet begun.
+            assigned.removing += removed.iter().filter(|e| e.running().is_some()).count();
+            (new_tasks, removed)
+        };
+        for (task, generation) in new_tasks {
+            self.resolve_and_attach(task, generation);
         }
-        for id in removed_tasks {
-            self.remove_task(&id);
+        for entry in removed {
+            self.dismantle(entry);
         }
         Ok(())
     }
 
-    /// Updates a known task, or resolves a controller for a new one (outside the
-    /// state lock: the executor is user code) and starts its manager.
-    fn assign_task(self: &Arc<Self>, mut task: Task) {
-        {
-            let mut assigned = self.assigned.lock();
+    /// Updates the known tasks; registers the new ones as resolving and returns
+    /// them with their generation.
+    fn register(&self, assigned: &mut Assigned, tasks: Vec<Task>) -> Vec<(Task, u64)> {
+        let mut new_tasks = Vec::new();
+        for task in tasks {
             if let Some(entry) = assigned.tasks.get_mut(&task.id) {
                 update_task(entry, task);
-                return;
+                continue;
             }
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            self.reports.insert(&task.id, generation, &task.status);
+            let entry = Entry {
+                task: task.clone(),
+                generation,
+                stage: Stage::Resolving,
+            };
+            assigned.tasks.insert(task.id.clone(), entry);
+            new_tasks.push((task, generation));
         }
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.reports.insert(&task.id, generation, &task.status);
+        new_tasks
+    }
+
+    /// Asks the executor for the task's controller, then gives it a manager,
+    /// unless the task was removed (or the worker closed) meanwhile.
+    fn resolve_and_attach(self: &Arc<Self>, task: Task, generation: u64) {
         let (status, controller) = resolve(&CancelToken::new(), &task, &*self.executor);
         if status != task.status {
             self.reports.record(&task.id, generation, &status);
         }
-        task.status = status;
         let mut assigned = self.assigned.lock();
-        if assigned.closed {
+        let entry = assigned
+            .tasks
+            .get_mut(&task.id)
+            .filter(|e| e.generation == generation);
+        let Some(entry) = entry else {
             drop(assigned);
             if let Ok(controller) = controller {
+                // Removed while resolving: the controller was never used.
                 close_controllers(vec![(task.id, Arc::from(controller))]);
             }
             return;
-        }
-        let run = controller.ok().map(|controller| {
-            let controller: Arc<dyn Controller> = Arc::from(controller);
-            let reporter = TaskReporter {
-                reports: Arc::clone(&self.reports),
-                generation,
-            };
-            let manager = TaskManager::with_options(
-                task.clone(),
-                Arc::clone(&controller),
-                Arc::new(reporter),
-                self.options,
-            );
-            Running {
-                manager: Arc::new(manager),
-                controller,
-            }
-        });
-        let entry = Entry {
-            task,
-            generation,
-            run,
         };
-        assigned.tasks.insert(entry.task.id.clone(), entry);
+        // The definition may have been updated while resolving; the status is ours.
+        entry.task.status = status;
+        let Ok(controller) = controller else {
+            entry.stage = Stage::Unresolved;
+            return;
+        };
+        let controller: Arc<dyn Controller> = Arc::from(controller);
+        let reporter = TaskReporter {
+            reports: Arc::clone(&self.reports),
+            generation,
+        };
+        let manager = TaskManager::with_options(
+            entry.task.clone(),
+            Arc::clone(&controller),
+            Arc::new(reporter),
+            self.options,
+        );
+        entry.stage = Stage::Managed(Running {
+            manager: Arc::new(manager),
+            controller,
+        });
     }
 
-    /// Takes the task out of the assignment and dismantles it on a pool thread.
-    fn remove_task(self: &Arc<Self>, task_id: &str) {
-        let entry = {
-            let mut assigned = self.assigned.lock();
-            let Some(entry) = assigned.tasks.remove(task_id) else {
-                return;
-            };
-            if entry.run.is_some() {
-                assigned.removing += 1;
-            }
-            entry
+    /// Forgets a task that left the assignment and, when it has a controller,
+    /// removes it on a pool thread; `apply` has counted that removal.
+    fn dismantle(self: &Arc<Self>, entry: Entry) {
+        self.reports.forget(&entry.task.id, entry.generation);
+        let Some((task_id, running)) = entry.into_running() else {
+            return;
         };
-        self.reports.forget(task_id, entry.generation);
-        let Some(running) = entry.run else { return };
         let removal = Removal {
             worker: Arc::clone(self),
         };
         let cancel = self.root.child();
-        Pool::global().submit(move || removal.run(&entry.task.id, &running, &cancel));
+        Pool::global().submit(move || removal.run(&task_id, &running, &cancel));
     }
 }
 
@@ -537,7 +575,7 @@ impl Drop for Removal {
 
 /// Takes a new definition of a known task, keeping the status the worker holds.
 fn update_task(entry: &mut Entry, task: Task) {
-    if let Some(running) = &entry.run {
+    if let Some(running) = entry.running() {
         if let Err(e) = running.manager.update(&task) {
             log::warn!(target: "swarmexec", "task {}: update refused: {e}", task.id);
         }
