@@ -283,3 +283,24 @@ fn a_second_sigint_kills_at_once() {
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(status.code(), Some(137));
 }
+
+/// The `SigIgn` and `SigBlk` masks of the program a run starts from `sh`, with the
+/// shell ignoring `ignored` as a background shell ignores SIGINT and SIGQUIT.
+fn task_signal_masks(ignored: &str) -> String {
+    let script = format!(
+        "trap '' {ignored}; exec {BIN} run -q -- grep -E '^Sig(Ign|Blk)' /proc/self/status"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn a_task_starts_with_every_signal_at_its_default_whatever_its_host_ignores() {
+    let masks = task_signal_masks("INT QUIT HUP USR1");
+    for line in masks.lines() {
+        let (_, mask) = line.split_once(':').unwrap();
+        assert_eq!(u64::from_str_radix(mask.trim(), 16), Ok(0), "{masks}");
+    }
+    assert_eq!(masks.lines().count(), 2, "{masks}");
+}

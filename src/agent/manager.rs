@@ -256,9 +256,11 @@ impl TaskManager {
 }
 
 impl Drop for TaskManager {
-    /// Closes the manager.
+    /// Closes the manager, unless it was closed already.
     fn drop(&mut self) {
-        self.close();
+        if !self.is_closed() {
+            self.close();
+        }
     }
 }
 

@@ -396,7 +396,11 @@ impl Inner {
     /// Applies an assignment without holding the state lock across user code:
     /// new tasks are registered under the lock, their controllers resolved outside
     /// it, then attached, so that a slow executor holds up no other call.
-    fn apply(self: &Arc<Self>, changes: AssignmentChanges, snapshot: Snapshot) -> Result<(), Error> {
+    fn apply(
+        self: &Arc<Self>,
+        changes: AssignmentChanges,
+        snapshot: Snapshot,
+    ) -> Result<(), Error> {
         let AssignmentChanges {
             tasks,
             removed_tasks,

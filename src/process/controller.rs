@@ -548,7 +548,7 @@ fn command(launch: &Launch) -> Command {
     if let Some((uid, gid)) = launch.credentials {
         command.uid(uid).gid(gid);
     }
-    let signals = sys::inherited_signal_state();
+    let signals = sys::SignalState::inherited();
     if !launch.rlimits.is_empty() || !signals.is_default() {
         sys::set_up_child(&mut command, &launch.rlimits, signals);
     }

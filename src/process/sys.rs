@@ -162,60 +162,91 @@ fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
     }
 }
 
+/// The number of signals Linux has: 64, as bits of the kernel's signal set.
+const SIGNALS_MAX: libc::c_int = 64;
+
+/// The kernel's `struct sigaction`, as raw words: its first word is the handler
+/// on every architecture, and all zeros is `SIG_DFL` with no flags and an empty
+/// mask. The raw system call is used because the C library refuses to touch the
+/// two real-time signals it keeps for itself, which a process started by
+/// `posix_spawn` from a threaded program has ignored.
+type KernelSigaction = [u64; 4];
+
+/// `rt_sigaction` on the raw kernel structure; -1 on failure.
+fn rt_sigaction(
+    signal: libc::c_int,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> libc::c_long {
+    let new = new.map_or(std::ptr::null(), |n| n as *const KernelSigaction);
+    let old = old.map_or(std::ptr::null_mut(), |o| o as *mut KernelSigaction);
+    // SAFETY: both pointers are null or point to valid, suitably sized and aligned
+    // structures (the kernel's is four words at most); the last argument is the
+    // kernel's signal-set size, 64 bits. rt_sigaction is async-signal-safe.
+    unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, new, old, 8usize) }
+}
+
 /// What a child would inherit of the signal state of the thread that spawns it,
 /// beyond the defaults a program expects.
 #[derive(Debug, Default)]
 pub(super) struct SignalState {
     /// The thread blocks some signal.
     blocked: bool,
-    /// Signals the process ignores (other than SIGPIPE, which the standard library
-    /// resets in every child itself).
+    /// Signals the process ignores.
     ignored: Vec<libc::c_int>,
 }
 
 impl SignalState {
-    /// True when the child needs no help to start with every signal at its default.
+    /// Reads the calling thread's mask and the process's ignored signals.
+    pub(super) fn inherited() -> SignalState {
+        // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
+        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new set only reads the mask, into the writable `mask`.
+        let read = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
+        // SAFETY: `mask` is an initialised sigset_t and every number is a signal.
+        let member = |signal| unsafe { libc::sigismember(&mask, signal) } == 1;
+        let blocked = read != 0 || (1..=libc::SIGRTMAX()).any(member);
+        let ignored = (1..=SIGNALS_MAX)
+            .filter(|&signal| !matches!(signal, libc::SIGKILL | libc::SIGSTOP))
+            .filter(|&signal| {
+                let mut action = KernelSigaction::default();
+                rt_sigaction(signal, None, Some(&mut action)) == 0
+                    && action[0] == libc::SIG_IGN as u64
+            })
+            .collect();
+        SignalState { blocked, ignored }
+    }
+
+    /// True when the child needs no help: nothing blocked, and nothing ignored but
+    /// SIGPIPE, which the standard library resets in every child itself, and the C
+    /// library's internal real-time signals, which its `posix_spawn` ignores in
+    /// every child anyway (they are ignored here when a Rust program started us).
     pub(super) fn is_default(&self) -> bool {
-        !self.blocked && self.ignored.is_empty()
+        let c_library_internal = 32..libc::SIGRTMIN();
+        !self.blocked
+            && self
+                .ignored
+                .iter()
+                .all(|&signal| signal == libc::SIGPIPE || c_library_internal.contains(&signal))
     }
 }
 
-/// Reads the calling thread's signal mask and the process's ignored signals.
+/// Makes the child apply `limits` and start with every signal at its default
+/// disposition and an empty signal mask, between fork and exec.
 ///
-/// A child inherits both: the mask of the thread that spawns it, and every signal
-/// set to be ignored (handlers are reset by `exec`, ignored signals are not).
-/// Neither `posix_spawn` as the standard library calls it nor the fork path clears
-/// them, so a host that blocks SIGTERM to `sigwait` for it, or that was started
-/// from a background shell (SIGINT and SIGQUIT ignored), would otherwise start
-/// programs that cannot be asked to stop.
-pub(super) fn inherited_signal_state() -> SignalState {
-    // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
-    let mut current: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new set only reads the mask, into the writable `current`.
-    let read = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current) };
-    // SAFETY: `current` is an initialised sigset_t and every number is a signal.
-    let blocked = read != 0
-        || (1..=libc::SIGRTMAX()).any(|signal| unsafe { libc::sigismember(&current, signal) } == 1);
-    let ignored = (1..=libc::SIGRTMAX())
-        .filter(|&signal| !matches!(signal, libc::SIGKILL | libc::SIGSTOP | libc::SIGPIPE))
-        .filter(|&signal| {
-            // SAFETY: sigaction is plain data for which all-zero bytes are valid.
-            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: a null new action only reads the disposition into `action`;
-            // signals the C library reserves fail with EINVAL and are skipped.
-            let ok = unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } == 0;
-            ok && action.sa_sigaction == libc::SIG_IGN
-        })
-        .collect();
-    SignalState { blocked, ignored }
-}
-
-/// Makes the child apply `limits` and restore the default `signals` state (an
-/// empty mask, no ignored signal) between fork and exec.
+/// A child inherits the mask of the thread that spawns it and every signal its
+/// parent ignores (`exec` resets handlers, not ignored signals), and the standard
+/// library clears neither: a host that blocks SIGTERM to `sigwait` for it, or one
+/// started from a background shell (SIGINT and SIGQUIT ignored), would otherwise
+/// start programs that cannot be asked to stop. Docker and systemd start programs
+/// with every signal at its default; so do we.
 ///
-/// This is the one use of `pre_exec`: no spawning option does either (setting
-/// limits from the parent after the spawn would let the program run unlimited for a
-/// while). It costs the fast `posix_spawn` path, so it is added only when needed.
+/// This is the one use of `pre_exec`. It costs the faster `posix_spawn` path, so
+/// it is used only when `signals` or `limits` call for it (setting limits from the
+/// parent after the spawn would let the program run unlimited for a while). On the
+/// `posix_spawn` path the C library leaves its two internal real-time signals
+/// (32 and 33) ignored in the child, as in every child of a Rust program; this
+/// path resets those too.
 pub(super) fn set_up_child(
     command: &mut std::process::Command,
     limits: &[Rlimit],
@@ -236,9 +267,6 @@ pub(super) fn set_up_child(
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `empty` is a valid, writable sigset_t.
     unsafe { libc::sigemptyset(&mut empty) };
-    // SAFETY: sigaction is plain data; all-zero is SIG_DFL with no flags and an
-    // empty mask.
-    let default_action: libc::sigaction = unsafe { std::mem::zeroed() };
     let SignalState { blocked, ignored } = signals;
     let apply = move || {
         for (resource, value) in &limits {
@@ -248,8 +276,7 @@ pub(super) fn set_up_child(
             }
         }
         for &signal in &ignored {
-            // SAFETY: sigaction reads a valid action and is async-signal-safe.
-            if unsafe { libc::sigaction(signal, &default_action, std::ptr::null_mut()) } == -1 {
+            if rt_sigaction(signal, Some(&KernelSigaction::default()), None) == -1 {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -262,8 +289,9 @@ pub(super) fn set_up_child(
         }
         Ok(())
     };
-    // SAFETY: the closure allocates nothing and calls only setrlimit, sigaction and
-    // sigprocmask, which are async-signal-safe, so it is sound in the forked child.
+    // SAFETY: the closure allocates nothing and calls only setrlimit, rt_sigaction
+    // and sigprocmask, which are async-signal-safe, so it is sound in the forked
+    // child.
     unsafe { command.pre_exec(apply) };
 }
 

@@ -1,0 +1,94 @@
+//! Helpers for tests that need cgroup v1 controllers (the freezer, pids), to
+//! freeze a program or exhaust a limit for real. Each returns `None` where the
+//! controller or the permission is missing, so that the caller checks its fallback.
+
+#![allow(dead_code)] // each test file uses some of these
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Where the v1 hierarchy of `controller` is mounted, from `/proc/self/mountinfo`.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let mut fs = fs.split_whitespace();
+        let (fstype, _source, options) = (fs.next()?, fs.next()?, fs.next()?);
+        let found = fstype == "cgroup" && options.split(',').any(|o| o == controller);
+        let mount_point = mount.split_whitespace().nth(4)?;
+        found.then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The cgroup this process belongs to in the v1 hierarchy of `controller`.
+fn own_v1_cgroup(controller: &str) -> Option<PathBuf> {
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| PathBuf::from(path.trim_start_matches('/')))
+    })
+}
+
+/// A cgroup made for one test in a v1 hierarchy, beside this process's own; moves
+/// its processes back to this process's cgroup and removes itself when dropped.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Where this process was: processes go back there.
+    home: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(controller: &str) -> Option<TestCgroup> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let home = v1_mount(controller)?.join(own_v1_cgroup(controller)?);
+        let name = format!(
+            "swarmexec-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = home.join(name);
+        fs::create_dir(&path).ok()?;
+        Some(TestCgroup { path, home })
+    }
+
+    pub fn write(&self, file: &str, value: &str) {
+        fs::write(self.path.join(file), value)
+            .unwrap_or_else(|e| panic!("writing {value:?} to {file}: {e}"));
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        fs::read_to_string(self.path.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup.
+    pub fn add(&self, pid: u32) {
+        self.write("cgroup.procs", &pid.to_string());
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if self.path.join("freezer.state").exists() {
+            let _ = fs::write(self.path.join("freezer.state"), "THAWED");
+        }
+        for _ in 0..100 {
+            let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = fs::write(self.home.join("cgroup.procs"), pid);
+            }
+            if fs::remove_dir(&self.path).is_ok() || !Path::new(&self.path).exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("could not remove test cgroup {}", self.path.display());
+    }
+}
