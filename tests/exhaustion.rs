@@ -8,9 +8,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, select};
+use std::sync::Arc;
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
-use swarmexec::{do_task, is_temporary, CancelToken, Controller, Error};
+
+use swarmexec::agent::TaskManager;
+use swarmexec::{do_task, is_temporary, CancelToken, Controller, Error, StubController};
 
 /// The pids cgroup this process runs in for the test.
 struct Limit(common::TestCgroup);
@@ -90,6 +93,28 @@ fn exhaustion_is_temporary_and_nothing_remembers_it() {
         recv(after(Duration::from_secs(10))) -> _ => panic!("the deadline never fired"),
     }
     assert!(created.elapsed() >= Duration::from_millis(990));
+
+    // A task manager whose pool cannot start a thread runs once threads can start.
+    limit.reach();
+    let (reports, statuses) = crossbeam_channel::unbounded::<(String, TaskStatus)>();
+    let mut stub_task = true_task("managed");
+    stub_task.status.state = TaskState::Assigned;
+    let manager = TaskManager::new(stub_task, Arc::new(StubController::new()), reports);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        statuses.try_recv().is_err(),
+        "no thread could run the manager"
+    );
+    limit.lift();
+    loop {
+        let (_, status) = statuses
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the manager runs once threads can start");
+        if status.state == TaskState::Completed {
+            break;
+        }
+    }
+    manager.close();
 
     // A reaper thread that cannot start is a temporary failure, retried.
     let dir = tempfile::tempdir().unwrap();

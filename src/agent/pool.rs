@@ -17,16 +17,21 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::timer::{self, Due};
 
 /// How long an idle thread waits for work before it exits.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// How often the monitor looks for starvation.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
+
+/// How long after a failed start of the monitor it is tried again.
+const MONITOR_RETRY: Duration = Duration::from_millis(50);
 
 /// The most threads one monitor tick starts.
 const BURST: usize = 64;
@@ -46,6 +51,8 @@ pub(crate) struct Pool {
 }
 
 struct Shared {
+    /// For the timer to find the pool again, to retry a monitor that could not start.
+    me: Weak<Shared>,
     state: Mutex<State>,
     /// The queue's length, for the spinning thread to watch without the lock.
     queued: AtomicUsize,
@@ -82,7 +89,8 @@ impl Pool {
 
     fn new(floor: usize) -> Pool {
         Pool {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|me| Shared {
+                me: me.clone(),
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     idle: 0,
@@ -113,9 +121,12 @@ impl Pool {
         if spinner_takes_it || state.idle > 0 && self.shared.job_ready.notify_one() {
             return;
         }
-        if state.threads < self.shared.floor {
-            self.start_threads(&mut state, 1);
-        } else if !state.monitor_running {
+        // A thread that cannot start (a limit reached) leaves the job to the
+        // monitor, which tries again at every tick.
+        if state.threads < self.shared.floor && self.start_threads(&mut state, 1) > 0 {
+            return;
+        }
+        if !state.monitor_running {
             state.monitor_running = true;
             drop(state);
             self.start_monitor();
@@ -124,25 +135,27 @@ impl Pool {
         }
     }
 
-    /// Starts up to `count` threads; on failure the monitor retries at its next tick.
-    fn start_threads(&self, state: &mut State, count: usize) {
-        for _ in 0..count {
+    /// Starts up to `count` threads and returns how many started; on failure the
+    /// monitor retries at its next tick.
+    fn start_threads(&self, state: &mut State, count: usize) -> usize {
+        for started in 0..count {
             let shared = Arc::clone(&self.shared);
-            let started = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("swarmexec-task".into())
                 .stack_size(STACK_SIZE)
                 .spawn(move || work(&shared));
-            match started {
+            match spawned {
                 Ok(_) => {
                     state.threads += 1;
                     state.starting += 1;
                 }
                 Err(e) => {
-                    log::error!(target: "swarmexec", "cannot start a task-manager thread: {e}");
-                    return;
+                    log::error!(target: "swarmexec", "cannot start a task-manager thread (will retry): {e}");
+                    return started;
                 }
             }
         }
+        count
     }
 
     fn start_monitor(&self) {
@@ -151,19 +164,27 @@ impl Pool {
             .name("swarmexec-pool".into())
             .spawn(move || pool.monitor());
         if let Err(e) = started {
-            log::error!(target: "swarmexec", "cannot start the pool monitor: {e}");
+            log::error!(target: "swarmexec", "cannot start the pool monitor (will retry): {e}");
             self.shared.state.lock().monitor_running = false;
+            // Nothing else may come to retry: the timer will, if it runs.
+            let retry: Weak<dyn Due> = self.shared.me.clone();
+            timer::schedule(Instant::now() + MONITOR_RETRY, retry);
         }
     }
 
-    /// Starts threads while queued jobs are not being picked up.
+    /// Starts threads while queued jobs are not being picked up; exits once idle
+    /// for [`KEEP_ALIVE`] (the next `submit` that needs it starts it again).
     fn monitor(&self) {
         let mut state = self.shared.state.lock();
         loop {
             while state.queue.is_empty() {
                 state.monitor_parked = true;
-                self.shared.starving.wait(&mut state);
+                let idle = self.shared.starving.wait_for(&mut state, KEEP_ALIVE);
                 state.monitor_parked = false;
+                if idle.timed_out() && state.queue.is_empty() {
+                    state.monitor_running = false;
+                    return;
+                }
             }
             let taken = state.taken;
             let tick_end = Instant::now() + MONITOR_TICK;
@@ -185,6 +206,22 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+impl Due for Shared {
+    /// Starts the monitor that could not start, if jobs still wait for it.
+    fn fire(&self) {
+        let Some(shared) = self.me.upgrade() else {
+            return;
+        };
+        let mut state = shared.state.lock();
+        if state.queue.is_empty() || state.monitor_running {
+            return;
+        }
+        state.monitor_running = true;
+        drop(state);
+        Pool { shared }.start_monitor();
     }
 }
 
