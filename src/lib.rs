@@ -108,8 +108,3 @@ pub use executor::{
 };
 pub use state::{do_task, resolve};
 pub use stub::{StubController, StubExecutor};
-
-/// Runs the README's example as a doctest, so that it cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;

@@ -7,8 +7,10 @@
 //! executor watches every program and wakes those waiting for it.
 //!
 //! - `prepare` validates the spec (a bad one rejects the task with an error naming
-//!   the problem). For a task that references secrets or configs, it creates the
-//!   task's directory under the executor's state directory and writes them there
+//!   the problem). For a task that references secrets or configs, it creates a
+//!   directory of the controller's own under the executor's state directory
+//!   (`<task id>.<n>`, so that a controller for a reused task id never meets an
+//!   old one's files; [`ProcessController::task_dir`] names it) and writes them there
 //!   (secrets mode 0400, configs 0444, unless a reference sets the mode), in
 //!   `secrets` and `configs` directories of mode 0700 owned by the task's user; the
 //!   program finds them through `SWARMEXEC_SECRETS_DIR` and `SWARMEXEC_CONFIGS_DIR`.
@@ -22,17 +24,27 @@
 //!   the signal for a killed program).
 //! - `shutdown` sends the stop signal to the whole group, waits out the grace
 //!   period, then SIGKILLs the group; `terminate` SIGKILLs it at once.
-//! - `remove` stops the program if needed and deletes the task's directory.
+//! - `remove` stops the program if needed and deletes the task's directory, secrets
+//!   first, even when stopping failed; `close` deletes it too.
+//!
+//! The controller's lock is never held across a blocking call (a spawn, a user
+//! look-up, a file write, a wait), and every blocking call returns once its token
+//! is cancelled: a slow call on one thread never holds up another. A start refused
+//! for lack of resources (a process, thread, file or memory limit) is a temporary
+//! error, which [`do_task`](crate::do_task) retries. A program starts with an empty
+//! signal mask and every signal its host ignores back at its default, whatever the
+//! host blocks or ignores.
 //!
 //! When a program exits, whatever is left of its process group is killed, as a
 //! container engine does when a container's first process exits.
 //!
 //! # Dropping
 //!
-//! A controller that is closed or dropped kills its program if it still runs. The
-//! reaper thread lives while the executor or any of its controllers does; when the
-//! last of them goes it kills anything left and exits. No program is ever left
-//! running without a supervisor.
+//! A controller that is closed or dropped kills its program if it still runs and
+//! deletes its files. The reaper thread starts with the first program and lives
+//! while the executor or any of its controllers does; when the last of them goes it
+//! kills anything left and exits. No program is ever left running without a
+//! supervisor.
 //!
 //! # A guest in the host program
 //!
@@ -42,12 +54,12 @@
 //! those tasks then fail with "exit status lost".) Signals never reach a recycled
 //! pid: see the `supervisor` module for how.
 //!
-//! ```no_run
+//! ```
 //! use swarmexec::api::{ProcessSpec, Runtime, Task, TaskSpec, TaskState};
 //! use swarmexec::process::ProcessExecutor;
 //! use swarmexec::{do_task, resolve, CancelToken, Error};
 //!
-//! let executor = ProcessExecutor::new("/var/lib/myagent/tasks")?;
+//! let executor = ProcessExecutor::new(std::env::temp_dir().join("swarmexec-doc"))?;
 //! let spec = ProcessSpec { command: vec!["echo".into(), "hello".into()], ..Default::default() };
 //! let mut task = Task {
 //!     id: "hello.1".into(),
