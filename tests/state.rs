@@ -336,6 +336,21 @@ fn the_capability_reports_container_and_port_status_once_starting() {
 }
 
 #[test]
+fn a_rejected_task_never_ran_and_carries_no_container_status() {
+    let ctlr = StubController::new()
+        .on_prepare(|_| Err(Error::other("bad spec")))
+        .on_container_status(|_| {
+            Ok(Some(ContainerStatus {
+                container_id: "never".into(),
+                ..Default::default()
+            }))
+        });
+    let (status, _) = step(&task(TaskState::Preparing, TaskState::Running), &ctlr);
+    assert_eq!(status.state, TaskState::Rejected);
+    assert_eq!(status.container, None);
+}
+
+#[test]
 fn a_capability_with_nothing_to_report_keeps_the_previous_container_status() {
     let ctlr = StubController::new()
         .on_container_status(|_| Err(Error::other("daemon down")))

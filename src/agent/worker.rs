@@ -550,11 +550,11 @@ impl Removal {
         running.manager.close();
         let controller = &*running.controller;
         let mut failures = Vec::new();
-        for step in ["shutdown", "remove", "close"] {
+        for step in RemovalStep::ALL {
             let call = || match step {
-                "shutdown" => controller.shutdown(cancel),
-                "remove" => controller.remove(cancel),
-                _ => controller.close(),
+                RemovalStep::Shutdown => controller.shutdown(cancel),
+                RemovalStep::Remove => controller.remove(cancel),
+                RemovalStep::Close => controller.close(),
             };
             if let Err(e) = contain_result("controller", task_id, call) {
                 log::warn!(target: "swarmexec", "task {task_id}: {step} failed during its removal: {e}");
@@ -567,6 +567,32 @@ impl Removal {
             status.timestamp = Some(SystemTime::now().max(status.timestamp.unwrap_or(UNIX_EPOCH)));
             self.worker.reports.announce(task_id, &status);
         }
+    }
+}
+
+/// The controller calls of a removal, in order.
+#[derive(Clone, Copy)]
+enum RemovalStep {
+    Shutdown,
+    Remove,
+    Close,
+}
+
+impl RemovalStep {
+    const ALL: [RemovalStep; 3] = [
+        RemovalStep::Shutdown,
+        RemovalStep::Remove,
+        RemovalStep::Close,
+    ];
+}
+
+impl std::fmt::Display for RemovalStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemovalStep::Shutdown => "shutdown",
+            RemovalStep::Remove => "remove",
+            RemovalStep::Close => "close",
+        })
     }
 }
 
