@@ -86,8 +86,8 @@ pub fn do_task<C: Controller + ?Sized>(
 /// Asks `executor` for a controller for `task`, and returns the status that result
 /// gives the task, to be reported whether or not a controller was made.
 ///
-/// A failure (a panic of the executor included) is recorded with message
-/// "resolving controller failed" and the error's text, and makes the task [`Rejected`](TaskState::Rejected) before it started or
+/// A failure is recorded with message "resolving controller failed" and the error's
+/// text, and makes the task [`Rejected`](TaskState::Rejected) before it started or
 /// [`Failed`](TaskState::Failed) while starting or running; a terminal state is kept.
 /// A success moves a task that had not been accepted to
 /// [`Accepted`](TaskState::Accepted) ("accepted"). `cancel` is accepted for symmetry
@@ -108,10 +108,19 @@ pub fn resolve<E: Executor + ?Sized>(
     task: &Task,
     executor: &E,
 ) -> (TaskStatus, Result<Box<dyn Controller>, Error>) {
+    let controller = executor.controller(task);
+    (resolved_status(task, &controller), controller)
+}
+
+/// The status [`resolve`] gives `task` for the executor's answer `controller`:
+/// for callers that ask the executor themselves (the worker, which contains its
+/// panics).
+pub(crate) fn resolved_status(
+    task: &Task,
+    controller: &Result<Box<dyn Controller>, Error>,
+) -> TaskStatus {
     let old = &task.status;
-    let controller =
-        crate::panic::contain_result("executor", &task.id, || executor.controller(task));
-    let mut status = match &controller {
+    let mut status = match controller {
         Err(err) => {
             let state = match old.state {
                 s if s < TaskState::Starting => TaskState::Rejected,
@@ -128,7 +137,7 @@ pub fn resolve<E: Executor + ?Sized>(
     };
     let touched = controller.is_err() || status.state != old.state;
     finish(task, &mut status, touched);
-    (status, controller)
+    status
 }
 
 /// The status of a task that failed outside any controller error (for example a

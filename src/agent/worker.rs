@@ -13,7 +13,8 @@ use super::pool::Pool;
 use super::{StatusReporter, STUCK_CALL_WAIT};
 use crate::api::{Config, LogSubscriptionOptions, Secret, Task, TaskStatus};
 use crate::panic::{contain, contain_result};
-use crate::{resolve, CancelToken, Controller, Error, Executor, LogPublisher};
+use crate::state::resolved_status;
+use crate::{CancelToken, Controller, Error, Executor, LogPublisher};
 
 /// Changes to a node's assignment, for [`Worker::update`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,7 +34,7 @@ pub struct AssignmentChanges {
 }
 
 /// Runs the tasks assigned to this node: owns an [`Executor`], gives each task a
-/// controller (through [`resolve`]) and a [`TaskManager`], and reports every status
+/// controller (as [`resolve`](crate::resolve) does) and a [`TaskManager`], and reports every status
 /// to its listeners.
 ///
 /// Every method may be called from any thread. Secrets and configs are stored as
@@ -481,7 +482,8 @@ impl Inner {
     /// Asks the executor for the task's controller, then gives it a manager,
     /// unless the task was removed (or the worker closed) meanwhile.
     fn resolve_and_attach(self: &Arc<Self>, task: Task, generation: u64) {
-        let (status, controller) = resolve(&CancelToken::new(), &task, &*self.executor);
+        let controller = contain_result("executor", &task.id, || self.executor.controller(&task));
+        let status = resolved_status(&task, &controller);
         if status != task.status {
             self.reports.record(&task.id, generation, &status);
         }
