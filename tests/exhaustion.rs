@@ -33,18 +33,7 @@ impl Limit {
 }
 
 fn true_task(id: &str) -> Task {
-    let spec = ProcessSpec {
-        command: vec!["/bin/true".into()],
-        ..Default::default()
-    };
-    Task {
-        id: id.into(),
-        desired_state: TaskState::Running,
-        spec: TaskSpec {
-            runtime: Some(Runtime::Process(spec)),
-        },
-        ..Default::default()
-    }
+    common::process_task(id, common::spec(&["/bin/true"]))
 }
 
 fn prepared(executor: &ProcessExecutor, id: &str) -> ProcessController {

@@ -1,5 +1,7 @@
 //! The process executor with real programs.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::spec;
 use parking_lot::Mutex;
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
@@ -27,26 +30,12 @@ fn fixture() -> Fixture {
     Fixture { executor, dir }
 }
 
-fn spec(command: &[&str]) -> ProcessSpec {
-    ProcessSpec {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 fn sh(script: &str) -> ProcessSpec {
     spec(&["sh", "-c", script])
 }
 
 fn task(id: &str, spec: ProcessSpec) -> Task {
-    Task {
-        id: id.into(),
-        desired_state: TaskState::Running,
-        spec: TaskSpec {
-            runtime: Some(Runtime::Process(spec)),
-        },
-        ..Default::default()
-    }
+    common::process_task(id, spec)
 }
 
 /// Resolves and drives the task until `do_task` has nothing more to do.

@@ -22,18 +22,7 @@ fn fixture() -> (ProcessExecutor, TempDir) {
 }
 
 fn task(id: &str, command: &[&str]) -> Task {
-    let spec = ProcessSpec {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    Task {
-        id: id.into(),
-        desired_state: TaskState::Running,
-        spec: TaskSpec {
-            runtime: Some(Runtime::Process(spec)),
-        },
-        ..Default::default()
-    }
+    common::process_task(id, common::spec(command))
 }
 
 fn with_secret(mut task: Task, executor: &ProcessExecutor) -> Task {

@@ -1,12 +1,35 @@
-//! Helpers for tests that need cgroup v1 controllers (the freezer, pids), to
-//! freeze a program or exhaust a limit for real. Each returns `None` where the
-//! controller or the permission is missing, so that the caller checks its fallback.
+//! Helpers shared by the test files: process tasks, and cgroup v1 controllers
+//! (the freezer, pids) to freeze a program or exhaust a limit for real. The cgroup
+//! helpers return `None` where the controller or the permission is missing, so
+//! that the caller checks its fallback.
 
 #![allow(dead_code)] // each test file uses some of these
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use swarmexec::api::{ProcessSpec, Runtime, Task, TaskSpec, TaskState};
+
+/// A spec running `command` directly.
+pub fn spec(command: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A task to be run with `spec`, desired running.
+pub fn process_task(id: &str, spec: ProcessSpec) -> Task {
+    Task {
+        id: id.into(),
+        desired_state: TaskState::Running,
+        spec: TaskSpec {
+            runtime: Some(Runtime::Process(spec)),
+        },
+        ..Default::default()
+    }
+}
 
 /// Where the v1 hierarchy of `controller` is mounted, from `/proc/self/mountinfo`.
 pub fn v1_mount(controller: &str) -> Option<PathBuf> {
