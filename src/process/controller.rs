@@ -1,11 +1,13 @@
 //! [`ProcessController`]: one task run as a supervised OS process.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
-use super::sys;
+use super::sys::{self, SpawnPlan};
 use crate::api::{
     Config, ContainerStatus, LogContext, LogSubscriptionOptions, ProcessSpec, Runtime, Secret, Task,
 };
@@ -184,35 +186,25 @@ impl ProcessController {
 
     /// Spawns the program and hands it to the reaper, without the lock.
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
-        self.env.supervisor.ensure_running().map_err(|e| {
+        let resources = |e: io::Error| {
             make_temporary(Error::other(format!(
-                "cannot start the reaper thread: {}",
+                "cannot start {}: {}",
+                launch.argv[0],
                 sys::describe_exhaustion(&e)
             )))
-        })?;
-        let mut child = command(launch)
-            .spawn()
-            .map_err(|e| spawn_error(launch, e))?;
-        let pipes = (child.stdout.take(), child.stderr.take());
-        let (Some(stdout), Some(stderr), Ok(process)) =
-            (pipes.0, pipes.1, Process::new(child.id(), log_capacity))
-        else {
-            // Not expected of the standard library; if it happens, the child is
-            // still ours and unreaped, so killing and reaping it here is safe.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::other(
-                "exec: the program was started without its output pipes",
-            ));
         };
-        let process = Arc::new(process);
-        // `child` is dropped without waiting: the reaper owns the reaping from here.
+        let (stdout, stdout_w) = sys::pipe().map_err(resources)?;
+        let (stderr, stderr_w) = sys::pipe().map_err(resources)?;
+        let stdin = File::open("/dev/null").map_err(resources)?;
+        let plan = spawn_plan(launch, [stdin.into(), stdout_w, stderr_w])?;
         let pipes = Pipes {
-            stdout: File::from(std::os::fd::OwnedFd::from(stdout)),
-            stderr: File::from(std::os::fd::OwnedFd::from(stderr)),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
         };
-        self.env.supervisor.watch(Arc::clone(&process), pipes);
-        Ok(process)
+        self.env
+            .supervisor
+            .spawn(plan, pipes, log_capacity)
+            .map_err(|e| spawn_error(launch, e))
     }
 
     /// Deletes the directory this controller created, if any; on failure it is
@@ -531,28 +523,41 @@ fn exit_result(exit: Exit, container: ContainerStatus) -> Result<(), Error> {
         .into())
 }
 
-fn command(launch: &Launch) -> Command {
-    let mut command = Command::new(&launch.program);
-    command
-        .arg0(&launch.argv[0])
-        .args(&launch.argv[1..])
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(dir) = &launch.dir {
-        command.current_dir(dir);
+/// What the program is started with: `launch`, the given stdio, in a process group
+/// of its own, killed should the executor's process die.
+fn spawn_plan(launch: &Launch, stdio: [OwnedFd; 3]) -> Result<SpawnPlan, Error> {
+    let c_string = |what: &str, bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| Error::InvalidSpec(format!("{what} contains NUL")))
+    };
+    let mut dir = None;
+    if let Some(path) = &launch.dir {
+        dir = Some(c_string(
+            "working directory",
+            path.as_os_str().as_bytes().to_vec(),
+        )?);
     }
-    if let Some((uid, gid)) = launch.credentials {
-        command.uid(uid).gid(gid);
-    }
-    let signals = sys::SignalState::inherited();
-    if !launch.rlimits.is_empty() || !signals.is_default() {
-        sys::set_up_child(&mut command, &launch.rlimits, signals);
-    }
-    command
+    Ok(SpawnPlan {
+        program: c_string(
+            "program path",
+            launch.program.as_os_str().as_bytes().to_vec(),
+        )?,
+        argv: launch
+            .argv
+            .iter()
+            .map(|arg| c_string("command", arg.clone().into_bytes()))
+            .collect::<Result<_, _>>()?,
+        env: launch
+            .env
+            .iter()
+            .map(|(k, v)| c_string("environment", format!("{k}={v}").into_bytes()))
+            .collect::<Result<_, _>>()?,
+        dir,
+        credentials: launch.credentials,
+        rlimits: launch.rlimits.clone(),
+        stdio,
+        cgroups: Vec::new(),
+        die_with_parent: true,
+    })
 }
 
 fn spawn_error(launch: &Launch, e: io::Error) -> Error {

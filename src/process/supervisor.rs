@@ -38,7 +38,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::logs::LogBuffer;
-use super::sys;
+use super::sys::{self, SpawnPlan};
 use crate::api::LogStream;
 use crate::{CancelToken, Error};
 
@@ -67,16 +67,15 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    pub(crate) fn new(pid: u32, log_capacity: usize) -> io::Result<Self> {
-        let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidData)?;
+    fn new(pid: libc::pid_t, log_capacity: usize) -> Self {
         let (exited_tx, exited_rx) = crossbeam_channel::bounded(0);
-        Ok(Process {
+        Process {
             pid,
             reaped: Mutex::new(None),
             exited_tx: Mutex::new(Some(exited_tx)),
             exited_rx,
             logs: LogBuffer::new(log_capacity),
-        })
+        }
     }
 
     pub(crate) fn pid(&self) -> libc::pid_t {
@@ -154,10 +153,19 @@ pub(crate) struct Pipes {
 }
 
 enum Command {
-    Watch(Arc<Process>, Pipes),
+    /// Spawn a program, from the reaper thread (see [`Supervisor::spawn`]), and
+    /// watch it.
+    Spawn(Box<SpawnRequest>),
     /// Stop reading the process's pipes: held open by a grandchild that escaped the
     /// group, they could otherwise stay with the reaper for good.
     Forget(Arc<Process>),
+}
+
+struct SpawnRequest {
+    plan: SpawnPlan,
+    pipes: Pipes,
+    log_capacity: usize,
+    reply: Sender<io::Result<Arc<Process>>>,
 }
 
 /// The reaper thread of one executor, started by the first spawn; stops when
@@ -206,10 +214,32 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Hands a just-spawned process to the reaper, which
-    /// [`ensure_running`](Supervisor::ensure_running) has started.
-    pub(crate) fn watch(&self, process: Arc<Process>, pipes: Pipes) {
-        self.send(Command::Watch(process, pipes));
+    /// Starts the program `plan` describes and watches it, reading its output from
+    /// `pipes` into a buffer of `log_capacity` bytes.
+    ///
+    /// The spawn happens on the reaper thread, which lives as long as the executor
+    /// or any of its controllers: a program asked to die with its parent
+    /// (`PR_SET_PDEATHSIG`) is signalled when the *thread* that spawned it exits, so
+    /// it must not be a pool thread that may exit when idle. Fails when the reaper
+    /// thread cannot be started or the spawn fails.
+    pub(crate) fn spawn(
+        &self,
+        plan: SpawnPlan,
+        pipes: Pipes,
+        log_capacity: usize,
+    ) -> io::Result<Arc<Process>> {
+        self.ensure_running()?;
+        let (reply, replied) = crossbeam_channel::bounded(1);
+        let request = SpawnRequest {
+            plan,
+            pipes,
+            log_capacity,
+            reply,
+        };
+        self.send(Command::Spawn(Box::new(request)));
+        replied
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the reaper thread has stopped")))
     }
 
     /// Tells the reaper to drop the process's pipes.
@@ -358,7 +388,22 @@ impl Reaper {
         let _ = self.wake.read(&mut self.buf);
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Watch(process, pipes)) => self.watch(process, pipes),
+                Ok(Command::Spawn(request)) => {
+                    let SpawnRequest {
+                        plan,
+                        pipes,
+                        log_capacity,
+                        reply,
+                    } = *request;
+                    let spawned = sys::spawn(&plan).map(|pid| {
+                        let process = Arc::new(Process::new(pid, log_capacity));
+                        self.watch(Arc::clone(&process), pipes);
+                        process
+                    });
+                    // The caller waits for the answer; it can only have gone if it
+                    // panicked, and then the process is watched and killed as usual.
+                    let _ = reply.send(spawned);
+                }
                 Ok(Command::Forget(process)) => {
                     for w in self
                         .watched
@@ -484,26 +529,29 @@ impl Reaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::Stdio;
+    use std::ffi::CString;
 
-    // The supervisor under test does the reaping.
-    #[allow(clippy::zombie_processes)]
     fn spawn(script: &str, supervisor: &Supervisor) -> Arc<Process> {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let process = Arc::new(Process::new(child.id(), 1 << 16).unwrap());
-        let pipes = Pipes {
-            stdout: File::from(OwnedFd::from(child.stdout.take().unwrap())),
-            stderr: File::from(OwnedFd::from(child.stderr.take().unwrap())),
+        let (stdout, stdout_w) = sys::pipe().unwrap();
+        let (stderr, stderr_w) = sys::pipe().unwrap();
+        let stdin = File::open("/dev/null").unwrap();
+        let c = |s: &str| CString::new(s).unwrap();
+        let plan = SpawnPlan {
+            program: c("/bin/sh"),
+            argv: vec![c("sh"), c("-c"), c(script)],
+            env: vec![],
+            dir: None,
+            credentials: None,
+            rlimits: vec![],
+            stdio: [stdin.into(), stdout_w, stderr_w],
+            cgroups: vec![],
+            die_with_parent: true,
         };
-        supervisor.watch(Arc::clone(&process), pipes);
-        process
+        let pipes = Pipes {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        supervisor.spawn(plan, pipes, 1 << 16).unwrap()
     }
 
     fn code(exit: Option<Exit>) -> Option<i32> {
@@ -516,7 +564,6 @@ mod tests {
     #[test]
     fn without_pidfds_exits_are_found_by_asking() {
         let supervisor = Supervisor::with_exit_watch(ExitWatch::Asking);
-        supervisor.ensure_running().unwrap();
         let cancel = CancelToken::new();
         let quick = spawn("echo out; exit 4", &supervisor);
         assert_eq!(code(quick.wait_exit(&cancel, None).unwrap()), Some(4));

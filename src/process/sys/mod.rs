@@ -13,6 +13,10 @@ use std::process::ExitStatus;
 
 use crate::api::{Rlimit, RlimitResource};
 
+mod spawn;
+
+pub(crate) use spawn::{pipe, spawn, SpawnPlan};
+
 /// Converts a `-1` return into the thread's `errno`.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {
@@ -162,137 +166,13 @@ fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
     }
 }
 
-/// The number of signals Linux has: 64, as bits of the kernel's signal set.
-const SIGNALS_MAX: libc::c_int = 64;
-
-/// The kernel's `struct sigaction`, as raw words: its first word is the handler
-/// on every architecture, and all zeros is `SIG_DFL` with no flags and an empty
-/// mask. The raw system call is used because the C library refuses to touch the
-/// two real-time signals it keeps for itself, which a process started by
-/// `posix_spawn` from a threaded program has ignored.
-type KernelSigaction = [u64; 4];
-
-/// `rt_sigaction` on the raw kernel structure; -1 on failure.
-fn rt_sigaction(
-    signal: libc::c_int,
-    new: Option<&KernelSigaction>,
-    old: Option<&mut KernelSigaction>,
-) -> libc::c_long {
-    let new = new.map_or(std::ptr::null(), |n| n as *const KernelSigaction);
-    let old = old.map_or(std::ptr::null_mut(), |o| o as *mut KernelSigaction);
-    // SAFETY: both pointers are null or point to valid, suitably sized and aligned
-    // structures (the kernel's is four words at most); the last argument is the
-    // kernel's signal-set size, 64 bits. rt_sigaction is async-signal-safe.
-    unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, new, old, 8usize) }
-}
-
-/// What a child would inherit of the signal state of the thread that spawns it,
-/// beyond the defaults a program expects.
-#[derive(Debug, Default)]
-pub(super) struct SignalState {
-    /// The thread blocks some signal.
-    blocked: bool,
-    /// Signals the process ignores.
-    ignored: Vec<libc::c_int>,
-}
-
-impl SignalState {
-    /// Reads the calling thread's mask and the process's ignored signals.
-    pub(super) fn inherited() -> SignalState {
-        // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
-        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a null new set only reads the mask, into the writable `mask`.
-        let read = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
-        // SAFETY: `mask` is an initialised sigset_t and every number is a signal.
-        let member = |signal| unsafe { libc::sigismember(&mask, signal) } == 1;
-        let blocked = read != 0 || (1..=libc::SIGRTMAX()).any(member);
-        let ignored = (1..=SIGNALS_MAX)
-            .filter(|&signal| !matches!(signal, libc::SIGKILL | libc::SIGSTOP))
-            .filter(|&signal| {
-                let mut action = KernelSigaction::default();
-                rt_sigaction(signal, None, Some(&mut action)) == 0
-                    && action[0] == libc::SIG_IGN as u64
-            })
-            .collect();
-        SignalState { blocked, ignored }
-    }
-
-    /// True when the child needs no help: nothing blocked, and nothing ignored but
-    /// SIGPIPE, which the standard library resets in every child itself, and the C
-    /// library's internal real-time signals, which its `posix_spawn` ignores in
-    /// every child anyway (they are ignored here when a Rust program started us).
-    pub(super) fn is_default(&self) -> bool {
-        let c_library_internal = 32..libc::SIGRTMIN();
-        !self.blocked
-            && self
-                .ignored
-                .iter()
-                .all(|&signal| signal == libc::SIGPIPE || c_library_internal.contains(&signal))
-    }
-}
-
-/// Makes the child apply `limits` and start with every signal at its default
-/// disposition and an empty signal mask, between fork and exec.
-///
-/// A child inherits the mask of the thread that spawns it and every signal its
-/// parent ignores (`exec` resets handlers, not ignored signals), and the standard
-/// library clears neither: a host that blocks SIGTERM to `sigwait` for it, or one
-/// started from a background shell (SIGINT and SIGQUIT ignored), would otherwise
-/// start programs that cannot be asked to stop. Docker and systemd start programs
-/// with every signal at its default; so do we.
-///
-/// This is the one use of `pre_exec`. It costs the faster `posix_spawn` path, so
-/// it is used only when `signals` or `limits` call for it (setting limits from the
-/// parent after the spawn would let the program run unlimited for a while). On the
-/// `posix_spawn` path the C library leaves its two internal real-time signals
-/// (32 and 33) ignored in the child, as in every child of a Rust program; this
-/// path resets those too.
-pub(super) fn set_up_child(
-    command: &mut std::process::Command,
-    limits: &[Rlimit],
-    signals: SignalState,
-) {
-    use std::os::unix::process::CommandExt;
-    let limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
-        .iter()
-        .map(|l| {
-            let value = libc::rlimit {
-                rlim_cur: l.soft,
-                rlim_max: l.hard,
-            };
-            (resource_id(l.resource), value)
-        })
-        .collect();
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `empty` is a valid, writable sigset_t.
-    unsafe { libc::sigemptyset(&mut empty) };
-    let SignalState { blocked, ignored } = signals;
-    let apply = move || {
-        for (resource, value) in &limits {
-            // SAFETY: setrlimit reads a valid rlimit and is async-signal-safe.
-            if unsafe { libc::setrlimit(*resource, value) } == -1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        for &signal in &ignored {
-            if rt_sigaction(signal, Some(&KernelSigaction::default()), None) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // SAFETY: sigprocmask reads a valid sigset_t and is async-signal-safe; the
-        // child has a single thread, so the process mask is the thread's.
-        if blocked
-            && unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } == -1
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+/// The resource number and limits of `limit`, as `setrlimit` takes them.
+fn rlimit_of(limit: &Rlimit) -> (libc::__rlimit_resource_t, libc::rlimit) {
+    let value = libc::rlimit {
+        rlim_cur: limit.soft,
+        rlim_max: limit.hard,
     };
-    // SAFETY: the closure allocates nothing and calls only setrlimit, rt_sigaction
-    // and sigprocmask, which are async-signal-safe, so it is sound in the forked
-    // child.
-    unsafe { command.pre_exec(apply) };
+    (resource_id(limit.resource), value)
 }
 
 /// True for the errors that mean a limit was reached (processes or threads, open

@@ -1,0 +1,331 @@
+//! Spawning a program: `clone` with a shared address space, then `exec`.
+//!
+//! The standard library's `Command` either takes `posix_spawn` (fast, but it can
+//! neither join a cgroup, nor ask for a signal when the parent dies, nor reset the
+//! signals a host ignores) or `fork` with a `pre_exec` hook (it can, but copying
+//! the parent's page tables costs a fifth of a spawn in a small host, and far more
+//! in a big one). So, as `posix_spawn` does inside the C library, the child is
+//! cloned with `CLONE_VM | CLONE_VFORK`: it runs on a stack of its own in the
+//! parent's memory, while the parent is suspended until it has called `exec` (or
+//! exited), and does everything a task needs in between.
+//!
+//! The child shares the parent's memory, so it only reads what the parent
+//! prepared, calls the kernel, and never allocates, locks or unwinds. Set-id calls
+//! go straight to the kernel: the C library's wrappers would signal the parent's
+//! other threads, which the child believes to be its own. Every signal is blocked
+//! from before the clone until the child has reset every disposition to its
+//! default, so that no handler of the host runs in the child.
+
+use std::ffi::{c_void, CString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::{check, rlimit_of};
+use crate::api::Rlimit;
+
+/// Everything a program is started with.
+pub(crate) struct SpawnPlan {
+    /// The executable's path, resolved beforehand.
+    pub(crate) program: CString,
+    pub(crate) argv: Vec<CString>,
+    /// `KEY=VALUE` entries: the whole environment.
+    pub(crate) env: Vec<CString>,
+    pub(crate) dir: Option<CString>,
+    /// Uid and gid to switch to; supplementary groups are dropped.
+    pub(crate) credentials: Option<(u32, u32)>,
+    pub(crate) rlimits: Vec<Rlimit>,
+    /// What becomes the program's stdin, stdout and stderr.
+    pub(crate) stdio: [OwnedFd; 3],
+    /// Open `cgroup.procs` files the program joins before it executes.
+    pub(crate) cgroups: Vec<OwnedFd>,
+    /// Kill the program (SIGKILL) when the spawning thread exits.
+    pub(crate) die_with_parent: bool,
+}
+
+/// What the child reads: raw pointers into memory the parent keeps alive and
+/// untouched until the child has called `exec` or exited.
+struct ChildArgs {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    dir: *const libc::c_char,
+    credentials: Option<(u32, u32)>,
+    rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
+    rlimit_count: usize,
+    stdio: [RawFd; 3],
+    cgroups: *const RawFd,
+    cgroup_count: usize,
+    die_with_parent: bool,
+    parent: libc::pid_t,
+    /// The write end of a close-on-exec pipe: the child writes its errno there
+    /// when it fails.
+    error_fd: RawFd,
+}
+
+/// The number of signals Linux has: 64, the bits of the kernel's signal set.
+const SIGNALS: libc::c_int = 64;
+
+/// The child's own stack: the C library's `posix_spawn` uses about as much.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the program `plan` describes and returns its pid: an unreaped child of
+/// this process, leading a process group of its own. Fails with the `errno` of
+/// the step that failed (for example `ENOENT` or `EACCES` from `exec`).
+pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
+    let argv = null_terminated(&plan.argv);
+    let envp = null_terminated(&plan.env);
+    let rlimits: Vec<_> = plan.rlimits.iter().map(rlimit_of).collect();
+    let cgroups: Vec<RawFd> = plan.cgroups.iter().map(AsRawFd::as_raw_fd).collect();
+    // Sources at 0, 1 or 2 (a host that closed its own) would be overwritten by the
+    // child's first dup2 before it reads them.
+    let stdio = [
+        above_stdio(&plan.stdio[0])?,
+        above_stdio(&plan.stdio[1])?,
+        above_stdio(&plan.stdio[2])?,
+    ];
+    let (error_read, error_write) = pipe()?;
+    let args = ChildArgs {
+        program: plan.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        dir: plan.dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+        credentials: plan.credentials,
+        rlimits: rlimits.as_ptr(),
+        rlimit_count: rlimits.len(),
+        stdio: [
+            stdio[0].as_raw_fd(),
+            stdio[1].as_raw_fd(),
+            stdio[2].as_raw_fd(),
+        ],
+        cgroups: cgroups.as_ptr(),
+        cgroup_count: cgroups.len(),
+        die_with_parent: plan.die_with_parent,
+        // SAFETY: getpid cannot fail and touches no memory.
+        parent: unsafe { libc::getpid() },
+        error_fd: error_write.as_raw_fd(),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    let blocked = block_all_signals()?;
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    // SAFETY: `child` only reads `args` and calls async-signal-safe system calls;
+    // `args`, everything it points to and `stack` outlive the child's use of them,
+    // because CLONE_VFORK suspends this thread until the child has called exec or
+    // exited; with CLONE_VM the child writes only to its own stack.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut c_void,
+        )
+    };
+    let cloned = check(pid.into());
+    restore_signals(&blocked);
+    cloned?;
+    drop(error_write);
+    match read_errno(&error_read) {
+        None => Ok(pid),
+        Some(errno) => {
+            // The child exited without executing: reap it here, it is ours.
+            let _ = super::reap(pid);
+            Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// The child, between clone and exec.
+extern "C" fn child(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `spawn` passed a pointer to a live ChildArgs.
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    let errno = match set_up(args) {
+        Ok(()) => {
+            // SAFETY: the pointers are NUL-terminated strings and null-terminated
+            // arrays of them, prepared by `spawn`.
+            unsafe { libc::execve(args.program, args.argv, args.envp) };
+            last_errno()
+        }
+        Err(errno) => errno,
+    };
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: writes four bytes from a live array to the error pipe, then exits
+    // without running anything of the parent's (no atexit handlers, no flushing).
+    unsafe {
+        libc::write(args.error_fd, bytes.as_ptr() as *const c_void, bytes.len());
+        libc::_exit(127)
+    }
+}
+
+/// Every step before exec; the errno of the first that fails.
+fn set_up(args: &ChildArgs) -> Result<(), libc::c_int> {
+    let zero = 0 as libc::c_long;
+    // Handlers of the host must never run here, and ignored signals would be
+    // inherited through exec: every signal back to its default.
+    for signal in (1..=SIGNALS).filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP) {
+        set_default_disposition(signal);
+    }
+    // SAFETY: setpgid takes integers; (0, 0) makes the child lead its own group.
+    syscall_ok(unsafe { libc::setpgid(0, 0) }.into())?;
+    for i in 0..args.cgroup_count {
+        // SAFETY: `cgroups` holds `cgroup_count` descriptors.
+        let fd = unsafe { *args.cgroups.add(i) };
+        // "0" moves the writing process.
+        // SAFETY: writes one byte from a static string to a descriptor.
+        let written = unsafe { libc::write(fd, b"0".as_ptr() as *const c_void, 1) };
+        syscall_ok(written as libc::c_long)?;
+    }
+    if args.die_with_parent {
+        // SAFETY: prctl with integer arguments.
+        syscall_ok(
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, zero, zero, zero) }.into(),
+        )?;
+        // The parent may have died before the request was made.
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } != args.parent {
+            return Err(libc::ESRCH);
+        }
+    }
+    for i in 0..args.rlimit_count {
+        // SAFETY: `rlimits` holds `rlimit_count` entries.
+        let (resource, limit) = unsafe { &*args.rlimits.add(i) };
+        // SAFETY: setrlimit reads a valid rlimit.
+        syscall_ok(unsafe { libc::setrlimit(*resource, limit) }.into())?;
+    }
+    for (target, &source) in args.stdio.iter().enumerate() {
+        // SAFETY: dup2 takes integers; the source is open, and above 2.
+        syscall_ok(unsafe { libc::dup2(source, target as libc::c_int) }.into())?;
+    }
+    if !args.dir.is_null() {
+        // SAFETY: `dir` is a NUL-terminated string.
+        syscall_ok(unsafe { libc::chdir(args.dir) }.into())?;
+    }
+    if let Some((uid, gid)) = args.credentials {
+        // SAFETY: raw set-id system calls with integer arguments (see the module
+        // docs for why not the C library's wrappers).
+        unsafe {
+            syscall_ok(libc::syscall(libc::SYS_setgroups, zero, zero))?;
+            syscall_ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long))?;
+            syscall_ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long))?;
+        }
+    }
+    let empty: u64 = 0;
+    // SAFETY: an empty kernel signal set of 8 bytes, read by the kernel.
+    syscall_ok(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            zero,
+            8usize,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets `signal`'s disposition to `SIG_DFL` with the raw system call: the C
+/// library's wrapper refuses the two real-time signals it keeps for itself, and
+/// its `posix_spawn` leaves those ignored in every child of a threaded program.
+/// The kernel's `struct sigaction` is at most four words on every architecture,
+/// and all zeros means `SIG_DFL`, no flags, an empty mask.
+fn set_default_disposition(signal: libc::c_int) {
+    let default = [0u64; 4];
+    let old = std::ptr::null_mut::<u64>();
+    // SAFETY: reads a zeroed structure of the kernel's size at most; the last
+    // argument is the kernel's signal-set size. Failure (a signal that cannot be
+    // changed) leaves the disposition as it is, which is all we can do.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            default.as_ptr(),
+            old,
+            8usize,
+        )
+    };
+}
+
+fn syscall_ok(ret: libc::c_long) -> Result<(), libc::c_int> {
+    if ret == -1 {
+        Err(last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn last_errno() -> libc::c_int {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EINVAL)
+}
+
+/// Pointers to `strings` followed by a null pointer, as exec wants them.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    let pointers = strings.iter().map(|s| s.as_ptr());
+    pointers.chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// A copy of `fd` numbered 3 or above (close-on-exec), or a plain copy.
+fn above_stdio(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor numbered 3 or above.
+    let copy = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) }.into())?;
+    // SAFETY: the new descriptor is ours alone.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy as RawFd) })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    })
+}
+
+/// The errno a failed child wrote, or `None` once the pipe closed empty (exec
+/// succeeded and closed the child's end).
+fn read_errno(pipe: &OwnedFd) -> Option<libc::c_int> {
+    let mut bytes = [0u8; 4];
+    loop {
+        // SAFETY: reads at most four bytes into a live array.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), bytes.as_mut_ptr() as *mut c_void, 4) };
+        match n {
+            4 => return Some(libc::c_int::from_ne_bytes(bytes)),
+            -1 if last_errno() == libc::EINTR => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Blocks every signal in this thread (the C library's internal ones too, hence the
+/// raw call); returns the mask to restore.
+fn block_all_signals() -> io::Result<u64> {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: kernel signal sets of 8 bytes, read from `all` and written to `old`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    })?;
+    Ok(old)
+}
+
+fn restore_signals(mask: &u64) {
+    // SAFETY: a kernel signal set of 8 bytes, read by the kernel.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+}
