@@ -27,7 +27,10 @@ fn task(id: String, runtime: Option<Runtime>) -> Task {
     let mut task = Task {
         id,
         desired_state: TaskState::Running,
-        spec: TaskSpec { runtime },
+        spec: TaskSpec {
+            runtime,
+            ..Default::default()
+        },
         ..Default::default()
     };
     task.status.state = TaskState::Assigned;

@@ -31,6 +31,7 @@ fn task(id: usize, command: &[&str]) -> Task {
                 command: command.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             })),
+            ..Default::default()
         },
         ..Default::default()
     }

@@ -236,6 +236,30 @@ pub struct Task {
 pub struct TaskSpec {
     /// The runtime and its settings; `None` is a task no executor can run.
     pub runtime: Option<Runtime>,
+    /// What the task may use (SwarmKit's `ResourceRequirements`); `None` sets no
+    /// limit.
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The resources a task may use and the ones reserved for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceRequirements {
+    /// Hard limits, enforced by the executor; one it cannot enforce rejects the
+    /// task.
+    pub limits: Option<Limits>,
+    /// What the orchestrator reserved for the task; informational here.
+    pub reservations: Option<Resources>,
+}
+
+/// Limits on what a task may use; 0 in a field is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU time, in billionths of a CPU: 1,500,000,000 is one and a half CPUs.
+    pub nano_cpus: i64,
+    /// Memory, in bytes; a task that needs more is killed ("out of memory").
+    pub memory_bytes: i64,
+    /// How many processes (and threads) the task may have at once.
+    pub pids: i64,
 }
 
 impl TaskSpec {
@@ -520,6 +544,19 @@ pub struct Resources {
     pub nano_cpus: i64,
     /// Memory, in bytes.
     pub memory_bytes: i64,
+}
+
+/// What a task has used, as far as the host can tell; `None` where it cannot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// CPU time, user and system, of every process of the task.
+    pub cpu: Option<Duration>,
+    /// Memory in use now (none once the task has ended).
+    pub memory_bytes: Option<u64>,
+    /// The most memory in use at once so far.
+    pub memory_peak_bytes: Option<u64>,
+    /// Processes running now.
+    pub processes: Option<u64>,
 }
 
 /// Which output stream a log message came from.

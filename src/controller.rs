@@ -1,6 +1,8 @@
 //! The [`Controller`] trait, its optional capabilities and log publishing.
 
-use crate::api::{ContainerStatus, LogMessage, LogSubscriptionOptions, PortStatus, Task};
+use crate::api::{
+    ContainerStatus, LogMessage, LogSubscriptionOptions, PortStatus, ResourceUsage, Task,
+};
 use crate::{CancelToken, Error};
 
 /// Controls the execution of one task.
@@ -55,6 +57,11 @@ pub trait Controller: Send + Sync {
     fn as_logs(&self) -> Option<&dyn ControllerLogs> {
         None
     }
+
+    /// The resource-usage capability, when the controller has it.
+    fn as_resource_usager(&self) -> Option<&dyn ResourceUsager> {
+        None
+    }
 }
 
 /// Reports the status of what runs a task.
@@ -62,6 +69,13 @@ pub trait ContainerStatuser {
     /// The current status; `None` when there is nothing to report (for example before
     /// the task was started).
     fn container_status(&self, cancel: &CancelToken) -> Result<Option<ContainerStatus>, Error>;
+}
+
+/// Reports what a task has used: CPU time, memory, processes.
+pub trait ResourceUsager {
+    /// What the task has used so far, or in all once it has ended; `None` before
+    /// it was started.
+    fn resource_usage(&self, cancel: &CancelToken) -> Result<Option<ResourceUsage>, Error>;
 }
 
 /// Reports the ports a controller manages at the host level.

@@ -274,7 +274,7 @@ dependency_traits!(Config, ConfigGetter, ConfigsManager);
 ///     ..Default::default()
 /// };
 /// let task = Task {
-///     spec: TaskSpec { runtime: Some(Runtime::Process(spec)) },
+///     spec: TaskSpec { runtime: Some(Runtime::Process(spec)), ..Default::default() },
 ///     ..Default::default()
 /// };
 /// let view = store.restrict(&task);

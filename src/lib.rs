@@ -99,7 +99,7 @@ mod timer;
 pub use cancel::CancelToken;
 pub use controller::{
     ContainerStatuser, Controller, ControllerLogs, LogPublisher, LogPublisherFn,
-    LogPublisherProvider, PortStatuser,
+    LogPublisherProvider, PortStatuser, ResourceUsager,
 };
 pub use error::{is_temporary, make_temporary, Error, ExitCoder, ExitError};
 pub use executor::{

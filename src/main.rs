@@ -397,6 +397,7 @@ fn build_task(
         desired_state: TaskState::Running,
         spec: TaskSpec {
             runtime: Some(Runtime::Process(spec)),
+            ..Default::default()
         },
         ..Default::default()
     };

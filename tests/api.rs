@@ -116,6 +116,7 @@ fn specs_expose_the_references_of_their_runtime() {
             configs: vec![config.clone()],
             ..Default::default()
         })),
+        ..Default::default()
     };
     assert_eq!(process.secret_references(), std::slice::from_ref(&secret));
     assert_eq!(process.config_references(), std::slice::from_ref(&config));
@@ -124,12 +125,14 @@ fn specs_expose_the_references_of_their_runtime() {
             secrets: vec![secret.clone()],
             ..Default::default()
         })),
+        ..Default::default()
     };
     assert_eq!(container.secret_references(), [secret]);
     assert!(container.config_references().is_empty());
     assert!(TaskSpec::default().secret_references().is_empty());
     let generic = TaskSpec {
         runtime: Some(Runtime::Generic(GenericRuntimeSpec::default())),
+        ..Default::default()
     };
     assert!(generic.config_references().is_empty());
 }

@@ -517,6 +517,7 @@ fn other_runtimes_are_unsupported() {
     let t = Task {
         spec: TaskSpec {
             runtime: Some(Runtime::Container(ContainerSpec::default())),
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -49,6 +49,7 @@ fn lifecycle(executor: &ProcessExecutor, i: usize) {
                 command: vec!["sh".into(), "-c".into(), script.into()],
                 ..Default::default()
             })),
+            ..Default::default()
         },
         ..Default::default()
     };

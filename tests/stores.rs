@@ -44,6 +44,7 @@ fn task_referencing(secrets: &[&str], configs: &[&str]) -> Task {
     Task {
         spec: TaskSpec {
             runtime: Some(Runtime::Process(spec)),
+            ..Default::default()
         },
         ..Default::default()
     }

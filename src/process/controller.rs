@@ -14,16 +14,18 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::cgroup::{Cgroups, Owner};
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnPlan};
 use crate::api::{
-    Config, ContainerStatus, LogContext, LogSubscriptionOptions, ProcessSpec, Runtime, Secret, Task,
+    Config, ContainerStatus, LogContext, LogSubscriptionOptions, ProcessSpec, ResourceUsage,
+    Runtime, Secret, Task,
 };
 use crate::executor::DependencyStore;
 use crate::{
     make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
-    Error, ExitError, LogPublisher,
+    Error, ExitError, LogPublisher, ResourceUsager,
 };
 
 /// How long `close` waits for a killed process to go before leaving it to the reaper.
@@ -44,14 +46,31 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 #[must_use = "dropping a controller kills its program"]
 pub struct ProcessController {
     env: Arc<Environment>,
+    /// Unique in the process: names the task's directory and cgroup, so that no
+    /// two controllers for one task id ever share them.
+    instance: u64,
     state: Mutex<State>,
 }
 
 /// What a controller shares with its executor.
+///
+/// Fields drop in order: the reaper first (it kills and reaps what still runs and
+/// removes the tasks' cgroups), then the executor's own cgroups, now empty.
 pub(crate) struct Environment {
-    pub(crate) state_dir: PathBuf,
     pub(crate) supervisor: Supervisor,
+    pub(crate) cgroups: ExecutorCgroups,
+    pub(crate) owner: Owner,
+    pub(crate) state_dir: PathBuf,
     pub(crate) dependencies: Arc<DependencyStore>,
+}
+
+/// The executor's cgroups, removed when it goes.
+pub(crate) struct ExecutorCgroups(pub(crate) Cgroups);
+
+impl Drop for ExecutorCgroups {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
 }
 
 struct State {
@@ -88,8 +107,10 @@ impl ProcessController {
         node_id: String,
         log_capacity: usize,
     ) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
         ProcessController {
             env,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State {
                 task: task.clone(),
                 node_id,
@@ -106,6 +127,28 @@ impl ProcessController {
     /// reused task id never meets an old one's files.
     pub fn task_dir(&self) -> Option<PathBuf> {
         self.state.lock().task_dir.clone()
+    }
+
+    /// What the task has used so far, or in all once it ended; `None` before it
+    /// was started. See [`ResourceUsage`] for what is known where.
+    pub fn usage(&self) -> Option<ResourceUsage> {
+        let state = self.state.lock();
+        match &state.phase {
+            Phase::Started(started) => started.process.usage(),
+            _ => None,
+        }
+    }
+
+    /// The task's cgroup name, inside the executor's: `<task id>.<instance>`.
+    fn cgroup_name(&self) -> String {
+        format!("{}.{}", self.state.lock().task.id, self.instance)
+    }
+
+    /// The task's directory name: `<task id>.<owner>.<instance>`, the owner telling
+    /// an executor that starts on this state directory later whether it may clean
+    /// the directory up.
+    fn task_dir_name(&self, task_id: &str) -> String {
+        format!("{task_id}.{}.{}", self.env.owner, self.instance)
     }
 
     /// The state, checking that the controller is open.
@@ -157,6 +200,12 @@ impl ProcessController {
         let spec = process_spec(task)?;
         let env = vec![("SWARMEXEC_TASK_ID".to_owned(), task.id.clone())];
         let mut launch = spec::launch(spec, env)?;
+        launch.limits = task
+            .spec
+            .resources
+            .and_then(|r| r.limits)
+            .unwrap_or_default();
+        self.env.cgroups.0.check(&launch.limits)?;
         let files = files(task, &self.env.dependencies)?;
         check_cancel(cancel)?;
         // A task without secrets or configs gets no directory: on disk-backed state
@@ -167,7 +216,7 @@ impl ProcessController {
                 task_dir: None,
             });
         }
-        let task_dir = create_task_dir(&self.env.state_dir, &task.id)?;
+        let task_dir = create_task_dir(&self.env.state_dir.join(self.task_dir_name(&task.id)))?;
         if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
             remove_task_dir(&task_dir);
             return Err(e);
@@ -196,14 +245,28 @@ impl ProcessController {
         let (stdout, stdout_w) = sys::pipe().map_err(resources)?;
         let (stderr, stderr_w) = sys::pipe().map_err(resources)?;
         let stdin = File::open("/dev/null").map_err(resources)?;
-        let plan = spawn_plan(launch, [stdin.into(), stdout_w, stderr_w])?;
+        let mut plan = spawn_plan(launch, [stdin.into(), stdout_w, stderr_w])?;
+        let cgroup = self
+            .env
+            .cgroups
+            .0
+            .create(&self.cgroup_name(), &launch.limits)?;
+        if let Some(cgroup) = &cgroup {
+            match cgroup.join_files() {
+                Ok(files) => plan.cgroups = files,
+                Err(e) => {
+                    cgroup.remove();
+                    return Err(e);
+                }
+            }
+        }
         let pipes = Pipes {
             stdout: stdout.into(),
             stderr: stderr.into(),
         };
         self.env
             .supervisor
-            .spawn(plan, pipes, log_capacity)
+            .spawn(plan, pipes, log_capacity, cgroup)
             .map_err(|e| spawn_error(launch, e))
     }
 
@@ -236,13 +299,14 @@ fn check_cancel(cancel: &CancelToken) -> Result<(), Error> {
     }
 }
 
-/// Kills the process group and waits up to `timeout` for the leader to be reaped.
+/// Kills every process of the task and waits up to `timeout` for the leader to be
+/// reaped, which happens once all of them are gone.
 fn kill(
     cancel: &CancelToken,
     process: &Process,
     timeout: Option<Duration>,
 ) -> Result<Option<Exit>, Error> {
-    process.signal_group(libc::SIGKILL).map_err(Error::other)?;
+    process.kill_all().map_err(Error::other)?;
     process.wait_exit(cancel, timeout)
 }
 
@@ -421,6 +485,17 @@ impl Controller for ProcessController {
     fn as_logs(&self) -> Option<&dyn ControllerLogs> {
         Some(self)
     }
+
+    fn as_resource_usager(&self) -> Option<&dyn ResourceUsager> {
+        Some(self)
+    }
+}
+
+impl ResourceUsager for ProcessController {
+    /// See [`ProcessController::usage`].
+    fn resource_usage(&self, _cancel: &CancelToken) -> Result<Option<ResourceUsage>, Error> {
+        Ok(self.usage())
+    }
 }
 
 impl ProcessController {
@@ -429,10 +504,10 @@ impl ProcessController {
         ContainerStatus {
             container_id: format!("{task_id}.{}", process.pid()),
             pid: process.pid(),
-            exit_code: match process.exit() {
-                Some(Exit::Status(status)) => exit_code(status),
-                _ => 0,
-            },
+            exit_code: process
+                .exit()
+                .and_then(|exit| exit.status)
+                .map_or(0, exit_code),
         }
     }
 }
@@ -500,23 +575,29 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 fn exit_result(exit: Exit, container: ContainerStatus) -> Result<(), Error> {
-    let status = match exit {
-        Exit::Status(status) if status.success() => return Ok(()),
-        Exit::Status(status) => status,
-        Exit::Lost => {
+    let status = match exit.status {
+        Some(status) if status.success() => return Ok(()),
+        Some(status) => status,
+        None => {
             return Err(Error::other(
                 "exit status lost: the process was reaped outside swarmexec",
             ))
         }
     };
     let code = exit_code(status);
-    let message = match (status.code(), status.signal()) {
+    let ended = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => match sys::signal_name(signal) {
             Some(name) => format!("killed by signal {signal} ({name})"),
             None => format!("killed by signal {signal}"),
         },
         (None, None) => format!("ended with status {code}"),
+    };
+    // Read from the cgroup's counter, not guessed from the signal.
+    let message = if exit.out_of_memory {
+        format!("out of memory: a process exceeded the task's memory limit and was killed (OOMKilled); {ended}")
+    } else {
+        ended
     };
     Err(ExitError::new(code, message)
         .with_container_status(container)
@@ -623,21 +704,13 @@ fn files(task: &Task, store: &DependencyStore) -> Result<Vec<TaskFile>, Error> {
     Ok(files)
 }
 
-/// Creates a directory for the task that no other controller has: `<id>.<n>` with
-/// the first `n` not taken.
-fn create_task_dir(state_dir: &Path, task_id: &str) -> Result<PathBuf, Error> {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let mut dirs = fs::DirBuilder::new();
-    dirs.mode(0o700);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let task_dir = state_dir.join(format!("{task_id}.{n}"));
-        match dirs.create(&task_dir) {
-            Ok(()) => return Ok(task_dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(file_error("cannot create", &task_dir, &e)),
-        }
-    }
+/// Creates the task's directory (0700).
+fn create_task_dir(task_dir: &Path) -> Result<PathBuf, Error> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(task_dir)
+        .map_err(|e| file_error("cannot create", task_dir, &e))?;
+    Ok(task_dir.to_path_buf())
 }
 
 fn file_error(what: &str, path: &Path, e: &io::Error) -> Error {
@@ -703,6 +776,29 @@ fn delete_task_dir(task_dir: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Deletes the task directories that executors of dead processes left in
+/// `state_dir` (their names carry their owner), secrets first; logs each.
+pub(crate) fn remove_dead_owners_files(state_dir: &Path) {
+    let Ok(entries) = fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name.to_str().and_then(|n| n.rsplit('.').nth(1));
+        if owner.and_then(Owner::parse).is_none_or(|o| o.is_alive()) {
+            continue;
+        }
+        match delete_task_dir(&entry.path()) {
+            Ok(()) => log::info!(
+                target: "swarmexec",
+                "removed {} left by an executor that died",
+                entry.path().display()
+            ),
+            Err(e) => log::error!(target: "swarmexec", "{e}"),
+        }
+    }
 }
 
 /// Deletes a directory on a path that already failed: a second failure is logged.

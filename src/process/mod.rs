@@ -64,7 +64,7 @@
 //! let mut task = Task {
 //!     id: "hello.1".into(),
 //!     desired_state: TaskState::Running,
-//!     spec: TaskSpec { runtime: Some(Runtime::Process(spec)) },
+//!     spec: TaskSpec { runtime: Some(Runtime::Process(spec)), ..Default::default() },
 //!     ..Default::default()
 //! };
 //! let cancel = CancelToken::new();
@@ -79,6 +79,7 @@
 //! # Ok::<(), Error>(())
 //! ```
 
+mod cgroup;
 mod controller;
 mod logs;
 mod spec;
@@ -92,8 +93,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use controller::Environment;
+pub use cgroup::Containment;
+use cgroup::{Cgroups, Owner};
 pub use controller::ProcessController;
+use controller::{Environment, ExecutorCgroups};
 use supervisor::Supervisor;
 
 use crate::api::{EncryptionKey, Node, NodeDescription, Platform, Resources, Runtime, Task};
@@ -125,15 +128,42 @@ impl ProcessExecutor {
             .mode(0o711)
             .create(&state_dir)
             .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
+        controller::remove_dead_owners_files(&state_dir);
+        let owner = Owner::new();
         Ok(ProcessExecutor {
             env: Arc::new(Environment {
-                state_dir,
                 supervisor: Supervisor::new(),
+                cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
+                owner,
+                state_dir,
                 dependencies: Arc::new(DependencyStore::new()),
             }),
             node_id: Mutex::new(String::new()),
             log_capacity: DEFAULT_LOG_CAPACITY,
         })
+    }
+
+    /// Puts the executor's cgroups under `parent`, a path relative to the root of
+    /// each cgroup hierarchy (like `docker run --cgroup-parent`), instead of the
+    /// default (see the [module docs](self)). Call it before making controllers:
+    /// afterwards it changes nothing (and says so in the log).
+    pub fn with_cgroup_parent(mut self, parent: impl AsRef<Path>) -> Self {
+        match Arc::get_mut(&mut self.env) {
+            Some(env) => {
+                env.cgroups = ExecutorCgroups(Cgroups::new(&env.owner, Some(parent.as_ref())));
+            }
+            None => log::warn!(
+                target: "swarmexec",
+                "the cgroup parent is set before controllers are made; left as it was"
+            ),
+        }
+        self
+    }
+
+    /// Which containment and which limits this host supports for the executor's
+    /// tasks.
+    pub fn containment(&self) -> Containment {
+        self.env.cgroups.0.containment()
     }
 
     /// Sets how many bytes of output each task keeps (its newest lines), for

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::sys;
-use crate::api::{ProcessSpec, Rlimit};
+use crate::api::{Limits, ProcessSpec, Rlimit};
 use crate::Error;
 
 /// The `PATH` a program gets when its spec sets none.
@@ -31,6 +31,8 @@ pub(crate) struct Launch {
     pub(crate) stop_signal: libc::c_int,
     pub(crate) stop_grace: Duration,
     pub(crate) rlimits: Vec<Rlimit>,
+    /// The task's resource limits, checked against what the host can enforce.
+    pub(crate) limits: Limits,
 }
 
 fn invalid(problem: impl Into<String>) -> Error {
@@ -40,8 +42,9 @@ fn invalid(problem: impl Into<String>) -> Error {
 /// The longest file name Linux file systems take (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 
-/// What a task directory's name adds to the task id: a dot and a counter.
-const TASK_DIR_SUFFIX_MAX: usize = 1 + 20;
+/// What a task directory's name adds to the task id: a dot, the owner (pid, start
+/// time and executor number, dash-separated), a dot and a counter.
+const TASK_DIR_SUFFIX_MAX: usize = 1 + (10 + 1 + 20 + 1 + 20) + 1 + 20;
 
 /// Checks that `name` can be a single file or directory name inside ours.
 pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), Error> {
@@ -160,6 +163,7 @@ pub(crate) fn launch(
         stop_signal,
         stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
         rlimits: spec.rlimits.clone(),
+        limits: Limits::default(),
     })
 }
 

@@ -32,14 +32,15 @@ use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
+use super::cgroup::TaskCgroup;
 use super::logs::LogBuffer;
 use super::sys::{self, SpawnPlan};
-use crate::api::LogStream;
+use crate::api::{LogStream, ResourceUsage};
 use crate::{CancelToken, Error};
 
 /// How often exits are looked for on kernels without pidfds.
@@ -48,12 +49,22 @@ const EXIT_POLL_MS: libc::c_int = 5;
 /// How many reads of each pipe collect the output a program left when it exited.
 const DRAIN_READS: usize = 64;
 
+/// How long the reaper waits for the rest of a task's cgroup to die after its first
+/// process exited, before it gives up on it (and logs it).
+const EMPTYING_LIMIT: Duration = Duration::from_secs(10);
+
+/// How often a cgroup being emptied is looked at.
+const EMPTYING_POLL_MS: libc::c_int = 1;
+
 /// How a supervised process ended.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Exit {
-    Status(ExitStatus),
-    /// Something else reaped it (a host calling `waitpid(-1)`): the status is gone.
-    Lost,
+pub(crate) struct Exit {
+    /// `None` when something else reaped it (a host calling `waitpid(-1)`).
+    pub(crate) status: Option<ExitStatus>,
+    /// What the task used in all.
+    pub(crate) usage: ResourceUsage,
+    /// The kernel killed a process of the task for exceeding its memory limit.
+    pub(crate) out_of_memory: bool,
 }
 
 /// One spawned program, shared by its controller and the reaper.
@@ -64,10 +75,13 @@ pub(crate) struct Process {
     exited_tx: Mutex<Option<Sender<()>>>,
     exited_rx: Receiver<()>,
     pub(crate) logs: LogBuffer,
+    /// The task's cgroups, where the host has them: everything the program starts
+    /// is in there, even what leaves its process group.
+    cgroup: Option<TaskCgroup>,
 }
 
 impl Process {
-    fn new(pid: libc::pid_t, log_capacity: usize) -> Self {
+    fn new(pid: libc::pid_t, log_capacity: usize, cgroup: Option<TaskCgroup>) -> Self {
         let (exited_tx, exited_rx) = crossbeam_channel::bounded(0);
         Process {
             pid,
@@ -75,6 +89,7 @@ impl Process {
             exited_tx: Mutex::new(Some(exited_tx)),
             exited_rx,
             logs: LogBuffer::new(log_capacity),
+            cgroup,
         }
     }
 
@@ -87,6 +102,15 @@ impl Process {
         *self.reaped.lock()
     }
 
+    /// What the task has used: in all once it has ended, so far before (`None`
+    /// without a cgroup to read from).
+    pub(crate) fn usage(&self) -> Option<ResourceUsage> {
+        match self.exit() {
+            Some(exit) => Some(exit.usage),
+            None => self.cgroup.as_ref().map(TaskCgroup::usage),
+        }
+    }
+
     /// Sends `signal` to the process's whole group, unless it has been reaped
     /// (then there is nothing left to signal, and its pid may belong to another).
     pub(crate) fn signal_group(&self, signal: libc::c_int) -> io::Result<()> {
@@ -94,32 +118,75 @@ impl Process {
         if reaped.is_some() {
             return Ok(());
         }
-        match sys::kill_group(self.pid, signal) {
-            // Every member has exited, the leader being a zombie not yet reaped.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
-        }
+        kill_group(self.pid, signal)
     }
 
-    /// Kills what is left of the group, then reaps the leader; called once it has
-    /// exited. Returns false when it was reaped already.
+    /// Kills every process of the task: its whole cgroup where it has one (so
+    /// that descendants in other sessions or groups go too), and its group.
+    pub(crate) fn kill_all(&self) -> io::Result<()> {
+        let reaped = self.reaped.lock();
+        if reaped.is_some() {
+            return Ok(());
+        }
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill()?;
+        }
+        kill_group(self.pid, libc::SIGKILL)
+    }
+
+    /// Once the leader has exited: kills what is left of the task. Returns true
+    /// when nothing is left, so that it can be reaped.
+    fn kill_rest(&self) -> bool {
+        if let Err(e) = self.kill_all() {
+            log::warn!(target: "swarmexec", "cannot kill the rest of task process {}: {e}", self.pid);
+        }
+        self.cgroup.as_ref().is_none_or(TaskCgroup::is_empty)
+    }
+
+    /// True once nothing of the task is left but the leader's zombie.
+    fn is_empty(&self) -> bool {
+        self.cgroup.as_ref().is_none_or(TaskCgroup::is_empty)
+    }
+
+    /// Reaps the leader, after reading what the task used and removing its
+    /// cgroups; called once it has exited and the rest is gone. Returns false when
+    /// it was reaped already.
     fn reap(&self) -> bool {
         let mut reaped = self.reaped.lock();
         if reaped.is_some() {
             return false;
         }
         // Still under the lock and before the reap: the group id is still ours.
-        if let Err(e) = sys::kill_group(self.pid, libc::SIGKILL) {
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                log::warn!(target: "swarmexec", "cannot kill the rest of process group {}: {e}", self.pid);
-            }
+        if let Err(e) = kill_group(self.pid, libc::SIGKILL) {
+            log::warn!(target: "swarmexec", "cannot kill the rest of process group {}: {e}", self.pid);
         }
-        *reaped = Some(match sys::reap(self.pid) {
-            Ok(status) => Exit::Status(status),
+        let (mut usage, out_of_memory) = match &self.cgroup {
+            Some(cgroup) => {
+                let ended = (cgroup.usage(), cgroup.oom_kills() > 0);
+                cgroup.remove();
+                ended
+            }
+            None => (ResourceUsage::default(), false),
+        };
+        let status = match sys::reap(self.pid) {
+            Ok((status, rusage)) => {
+                // What the kernel counted for the leader (and the children it
+                // waited for) fills what no cgroup told.
+                usage.cpu = usage.cpu.or(Some(rusage.cpu));
+                usage.memory_peak_bytes = usage.memory_peak_bytes.or(Some(rusage.max_rss_bytes));
+                Some(status)
+            }
             Err(e) => {
                 log::warn!(target: "swarmexec", "exit status of process {} lost: {e}", self.pid);
-                Exit::Lost
+                None
             }
+        };
+        usage.memory_bytes = None;
+        usage.processes = Some(0);
+        *reaped = Some(Exit {
+            status,
+            usage,
+            out_of_memory,
         });
         drop(reaped);
         self.exited_tx.lock().take();
@@ -146,6 +213,15 @@ impl Process {
     }
 }
 
+/// Signals a group whose leader is our unreaped child (see the module docs); a
+/// group of which only the leader's zombie is left is no error.
+fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    match sys::kill_group(pgid, signal) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
 /// The pipes the reaper reads for a process.
 pub(crate) struct Pipes {
     pub(crate) stdout: File,
@@ -165,6 +241,7 @@ struct SpawnRequest {
     plan: SpawnPlan,
     pipes: Pipes,
     log_capacity: usize,
+    cgroup: Option<TaskCgroup>,
     reply: Sender<io::Result<Arc<Process>>>,
 }
 
@@ -227,13 +304,20 @@ impl Supervisor {
         plan: SpawnPlan,
         pipes: Pipes,
         log_capacity: usize,
+        cgroup: Option<TaskCgroup>,
     ) -> io::Result<Arc<Process>> {
-        self.ensure_running()?;
+        if let Err(e) = self.ensure_running() {
+            if let Some(cgroup) = &cgroup {
+                cgroup.remove();
+            }
+            return Err(e);
+        }
         let (reply, replied) = crossbeam_channel::bounded(1);
         let request = SpawnRequest {
             plan,
             pipes,
             log_capacity,
+            cgroup,
             reply,
         };
         self.send(Command::Spawn(Box::new(request)));
@@ -280,14 +364,21 @@ struct Watched {
     process: Arc<Process>,
     /// `None` once exited, or on kernels without pidfds.
     pidfd: Option<OwnedFd>,
-    exited: bool,
+    /// The leader has exited; since when the rest of its cgroup is being emptied.
+    exited: Option<Instant>,
+    reaped: bool,
     stdout: Option<File>,
     stderr: Option<File>,
 }
 
 impl Watched {
     fn done(&self) -> bool {
-        self.exited && self.stdout.is_none() && self.stderr.is_none()
+        self.reaped && self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    /// Exited, with the rest of the task still dying.
+    fn emptying(&self) -> bool {
+        self.exited.is_some() && !self.reaped
     }
 }
 
@@ -338,13 +429,15 @@ impl Reaper {
             fds.push(sys::readable(&self.wake));
             sources.push(Source::Wake);
             let mut asking = false;
+            let mut emptying = false;
             for (i, w) in self.watched.iter().enumerate() {
+                emptying |= w.emptying();
                 match (&w.pidfd, w.exited) {
-                    (Some(pidfd), false) => {
+                    (Some(pidfd), None) => {
                         fds.push(sys::readable(pidfd));
                         sources.push(Source::Exit(i));
                     }
-                    (None, false) => asking = true,
+                    (None, None) => asking = true,
                     _ => {}
                 }
                 for (pipe, stream) in [
@@ -357,7 +450,11 @@ impl Reaper {
                     }
                 }
             }
-            let timeout = if asking { EXIT_POLL_MS } else { -1 };
+            let timeout = match (emptying, asking) {
+                (true, _) => EMPTYING_POLL_MS,
+                (false, true) => EXIT_POLL_MS,
+                (false, false) => -1,
+            };
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!(target: "swarmexec", "reaper cannot poll: {e}");
                 std::thread::sleep(Duration::from_millis(EXIT_POLL_MS as u64));
@@ -376,6 +473,9 @@ impl Reaper {
             if asking {
                 self.ask_for_exits();
             }
+            if emptying {
+                self.reap_emptied();
+            }
             if fds[0].revents != 0 && !self.take_commands() {
                 return;
             }
@@ -393,10 +493,17 @@ impl Reaper {
                         plan,
                         pipes,
                         log_capacity,
+                        cgroup,
                         reply,
                     } = *request;
-                    let spawned = sys::spawn(&plan).map(|pid| {
-                        let process = Arc::new(Process::new(pid, log_capacity));
+                    let spawned = sys::spawn(&plan);
+                    if spawned.is_err() {
+                        if let Some(cgroup) = &cgroup {
+                            cgroup.remove();
+                        }
+                    }
+                    let spawned = spawned.map(|pid| {
+                        let process = Arc::new(Process::new(pid, log_capacity, cgroup));
                         self.watch(Arc::clone(&process), pipes);
                         process
                     });
@@ -438,7 +545,8 @@ impl Reaper {
         self.watched.push(Watched {
             process,
             pidfd,
-            exited: false,
+            exited: None,
+            reaped: false,
             stdout: Some(pipes.stdout),
             stderr: Some(pipes.stderr),
         });
@@ -447,22 +555,50 @@ impl Reaper {
     fn ask_for_exits(&mut self) {
         for i in 0..self.watched.len() {
             let w = &self.watched[i];
-            if w.pidfd.is_none() && !w.exited && sys::has_exited(w.process.pid()).unwrap_or(true) {
+            if w.pidfd.is_none()
+                && w.exited.is_none()
+                && sys::has_exited(w.process.pid()).unwrap_or(true)
+            {
                 self.exited(i);
             }
         }
     }
 
+    /// The leader exited: the rest of the task is killed, and the leader reaped
+    /// once nothing of it is left (see [`reap_emptied`](Reaper::reap_emptied)).
     fn exited(&mut self, i: usize) {
         let w = &mut self.watched[i];
-        w.exited = true;
+        w.exited = Some(Instant::now());
         w.pidfd = None;
         // Take what the program wrote before it went before waking its waiters, so
         // that whoever saw it exit finds all of its output.
         self.drain(i);
-        let process = &self.watched[i].process;
-        process.logs.finish();
-        process.reap();
+        let w = &mut self.watched[i];
+        w.process.logs.finish();
+        if w.process.kill_rest() {
+            w.reaped = true;
+            w.process.reap();
+        }
+    }
+
+    /// Reaps the leaders whose cgroup has emptied: the task ends only once all of
+    /// it is gone. One that will not empty is given up on after a while.
+    fn reap_emptied(&mut self) {
+        for w in self.watched.iter_mut().filter(|w| w.emptying()) {
+            let waited = w.exited.map_or(Duration::ZERO, |at| at.elapsed());
+            if !w.process.is_empty() {
+                if waited < EMPTYING_LIMIT {
+                    continue;
+                }
+                log::error!(
+                    target: "swarmexec",
+                    "processes of task process {} did not die within {EMPTYING_LIMIT:?}; its cgroup is left",
+                    w.process.pid()
+                );
+            }
+            w.reaped = true;
+            w.process.reap();
+        }
     }
 
     /// Reads whatever is ready on the process's pipes now, without blocking, and
@@ -505,7 +641,7 @@ impl Reaper {
                 *pipe = None;
                 // Output that came after the exit (from the group's last members)
                 // may have left an unterminated line.
-                if w.exited {
+                if w.exited.is_some() {
                     w.process.logs.finish();
                 }
             }
@@ -517,8 +653,11 @@ impl Reaper {
     /// process is left without a reaper.
     fn shut_down(&mut self) {
         for w in &self.watched {
-            if !w.exited {
-                let _ = w.process.signal_group(libc::SIGKILL);
+            if !w.reaped {
+                let _ = w.process.kill_all();
+                if let Some(cgroup) = &w.process.cgroup {
+                    cgroup.wait_empty(Duration::from_secs(2));
+                }
                 w.process.reap();
             }
         }
@@ -551,14 +690,11 @@ mod tests {
             stdout: stdout.into(),
             stderr: stderr.into(),
         };
-        supervisor.spawn(plan, pipes, 1 << 16).unwrap()
+        supervisor.spawn(plan, pipes, 1 << 16, None).unwrap()
     }
 
     fn code(exit: Option<Exit>) -> Option<i32> {
-        match exit {
-            Some(Exit::Status(status)) => status.code(),
-            _ => None,
-        }
+        exit?.status?.code()
     }
 
     #[test]
@@ -574,7 +710,10 @@ mod tests {
             .wait_exit(&cancel, Some(Duration::from_secs(10)))
             .unwrap()
         {
-            Some(Exit::Status(status)) => {
+            Some(Exit {
+                status: Some(status),
+                ..
+            }) => {
                 use std::os::unix::process::ExitStatusExt;
                 assert_eq!(status.signal(), Some(libc::SIGTERM));
             }

@@ -26,6 +26,7 @@ pub fn process_task(id: &str, spec: ProcessSpec) -> Task {
         desired_state: TaskState::Running,
         spec: TaskSpec {
             runtime: Some(Runtime::Process(spec)),
+            ..Default::default()
         },
         ..Default::default()
     }

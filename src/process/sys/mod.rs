@@ -48,17 +48,44 @@ pub(super) fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<(
     check(unsafe { libc::killpg(pgid, signal) }.into()).map(drop)
 }
 
+/// What the kernel counted for a reaped child (and the children it waited for).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rusage {
+    /// User and system CPU time.
+    pub(crate) cpu: std::time::Duration,
+    /// The most memory resident at once.
+    pub(crate) max_rss_bytes: u64,
+}
+
 /// Reaps our child `pid`, blocking until it exits.
-pub(super) fn reap(pid: libc::pid_t) -> io::Result<ExitStatus> {
+pub(super) fn reap(pid: libc::pid_t) -> io::Result<(ExitStatus, Rusage)> {
     let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
-        match check(unsafe { libc::waitpid(pid, &mut status, 0) }.into()) {
-            Ok(_) => return Ok(ExitStatus::from_raw(status)),
+        // SAFETY: `status` and `usage` are valid and writable for the call.
+        match check(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }.into()) {
+            Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
+    let time = |t: libc::timeval| {
+        std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
+    };
+    let usage = Rusage {
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        // Linux counts it in KiB.
+        max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+    };
+    Ok((ExitStatus::from_raw(status), usage))
+}
+
+/// SIGKILLs `pid`, a member of a frozen cgroup of ours: frozen, it can neither
+/// exit nor be reaped, so the pid read from the cgroup is still its own.
+pub(super) fn kill_frozen(pid: libc::pid_t) {
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// True once our child `pid` has exited, without reaping it: for kernels without

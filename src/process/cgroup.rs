@@ -1,0 +1,811 @@
+//! Cgroups: every task in one of its own, limited, measured and killed whole.
+//!
+//! # Hierarchies
+//!
+//! The mounts are read from `/proc/self/mountinfo` and this process's place in each
+//! from `/proc/self/cgroup`; no path is assumed. Each concern picks a hierarchy:
+//!
+//! - **containment** (killing everything a task started, knowing when it is all
+//!   gone, CPU time): the v2 hierarchy where there is one, even without
+//!   controllers (as in systemd's hybrid layout, it still has `cgroup.kill`,
+//!   `cgroup.events` and `cpu.stat`); else the v1 `freezer` hierarchy (freeze,
+//!   kill every member, thaw);
+//! - **memory**, **pids** and **cpu** limits: the v2 controller where the v2
+//!   hierarchy has it and it can be enabled, else the v1 hierarchy of that name.
+//!
+//! A task joins the containment cgroup always, and a limit's cgroup only when it
+//! has that limit (on a hybrid host each is a directory more to make and remove).
+//!
+//! # Where
+//!
+//! Each executor has a parent cgroup of its own, `<base>/<owner>`, in every
+//! hierarchy it uses; a task's cgroup is `<task id>.<n>` inside it. The base is
+//! `swarmexec` inside this process's own cgroup (a v1 hierarchy, or a v2 one
+//! without controllers to enable), or at the root of a v2 hierarchy whose
+//! controllers root must enable (a cgroup holding processes cannot hand controllers
+//! to children); [`ProcessExecutor::with_cgroup_parent`](super::ProcessExecutor::with_cgroup_parent)
+//! names another, relative to each hierarchy's root. The owner is
+//! `<pid>-<start time>-<k>`: [`Owner`] tells a live owner from a dead one, so
+//! that an executor cleans up after a dead one and never touches a live one.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::api::{Limits, ResourceUsage};
+use crate::Error;
+
+/// The CFS period the v1 `cpu` controller is given with a quota (v2's default).
+const CPU_PERIOD_US: i64 = 100_000;
+
+/// How long killing waits for a frozen v1 cgroup to be frozen.
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
+
+/// A cgroup hierarchy: where it is mounted, and this process's cgroup in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Hierarchy {
+    mount: PathBuf,
+    /// This process's cgroup, relative to the mount.
+    own: PathBuf,
+    v2: bool,
+}
+
+/// The hierarchies mounted here, read from `/proc/self`.
+#[derive(Clone, Debug, Default)]
+struct Mounts {
+    v2: Option<Hierarchy>,
+    /// The v1 hierarchy carrying each controller we use.
+    memory: Option<Hierarchy>,
+    pids: Option<Hierarchy>,
+    cpu: Option<Hierarchy>,
+    freezer: Option<Hierarchy>,
+}
+
+impl Mounts {
+    fn read() -> Mounts {
+        let (Ok(mountinfo), Ok(cgroups)) = (
+            fs::read_to_string("/proc/self/mountinfo"),
+            fs::read_to_string("/proc/self/cgroup"),
+        ) else {
+            return Mounts::default();
+        };
+        Mounts::parse(&mountinfo, &cgroups)
+    }
+
+    fn parse(mountinfo: &str, cgroups: &str) -> Mounts {
+        let mut mounts = Mounts::default();
+        for line in mountinfo.lines() {
+            let Some((mount, fs)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut mount = mount.split_whitespace().skip(3);
+            let (Some(root), Some(point)) = (mount.next(), mount.next()) else {
+                continue;
+            };
+            let mut fs = fs.split_whitespace();
+            let (fstype, options) = (fs.next(), fs.nth(1).unwrap_or(""));
+            let own = |controller: &str| own_cgroup(cgroups, controller, root);
+            let hierarchy = |own: PathBuf, v2| Hierarchy {
+                mount: PathBuf::from(point),
+                own,
+                v2,
+            };
+            match fstype {
+                Some("cgroup2") if mounts.v2.is_none() => {
+                    mounts.v2 = own("").map(|own| hierarchy(own, true));
+                }
+                Some("cgroup") => {
+                    for option in options.split(',') {
+                        let slot = match option {
+                            "memory" => &mut mounts.memory,
+                            "pids" => &mut mounts.pids,
+                            "cpu" => &mut mounts.cpu,
+                            "freezer" => &mut mounts.freezer,
+                            _ => continue,
+                        };
+                        if slot.is_none() {
+                            *slot = own(option).map(|own| hierarchy(own, false));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        mounts
+    }
+}
+
+/// This process's cgroup in the hierarchy of `controller` ("" for v2), relative
+/// to a mount of that hierarchy's `mount_root`.
+fn own_cgroup(cgroups: &str, controller: &str, mount_root: &str) -> Option<PathBuf> {
+    let path = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then_some(path)
+    })?;
+    let relative = Path::new(path).strip_prefix(mount_root).ok()?;
+    Some(relative.to_path_buf())
+}
+
+/// One executor's identity in the cgroup tree and its state directory:
+/// `<pid>-<start time>-<k>`. The start time (in clock ticks since boot) tells a
+/// live process from a later one that reuses its pid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pid: u32,
+    start_time: u64,
+    k: u64,
+}
+
+impl Owner {
+    /// A new owner for an executor of this process.
+    pub(crate) fn new() -> Owner {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pid = std::process::id();
+        Owner {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            k: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The owner a name written by [`Display`](fmt::Display) stands for.
+    pub(crate) fn parse(name: &str) -> Option<Owner> {
+        let mut parts = name.split('-');
+        let owner = Owner {
+            pid: parts.next()?.parse().ok()?,
+            start_time: parts.next()?.parse().ok()?,
+            k: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(owner)
+    }
+
+    /// True while the process that made this owner runs.
+    pub(crate) fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.pid, self.start_time, self.k)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after its end.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What the executor can do with cgroups on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Containment {
+    /// How a task's processes are held together and killed: `"cgroup v2"`,
+    /// `"cgroup v1 freezer"`, or `"process group"` where cgroups are not usable
+    /// (then a descendant that leaves the group escapes).
+    pub method: &'static str,
+    /// Memory limits can be enforced (`memory_bytes`).
+    pub memory_limit: bool,
+    /// Process-count limits can be enforced (`pids`).
+    pub pids_limit: bool,
+    /// CPU limits can be enforced (`nano_cpus`).
+    pub cpu_limit: bool,
+    /// Where the executor's cgroups are, one per hierarchy used.
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// A parent cgroup of one executor in one hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Place {
+    dir: PathBuf,
+    v2: bool,
+}
+
+/// An executor's cgroups: the parent it made in each hierarchy it uses.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    containment: Option<Place>,
+    memory: Option<Place>,
+    pids: Option<Place>,
+    cpu: Option<Place>,
+}
+
+impl Cgroups {
+    /// Makes the executor's parent cgroups, under `parent` (relative to each
+    /// hierarchy's root) or the default base; first removes what dead owners left
+    /// under that base. A hierarchy where they cannot be made (no permission, no
+    /// such hierarchy) is not used.
+    pub(crate) fn new(owner: &Owner, parent: Option<&Path>) -> Cgroups {
+        let mounts = Mounts::read();
+        let v2_controllers = mounts
+            .v2
+            .as_ref()
+            .map(|v2| v2_available_controllers(v2, parent))
+            .unwrap_or_default();
+        let place = |hierarchy: &Option<Hierarchy>| -> Option<Place> {
+            let hierarchy = hierarchy.as_ref()?;
+            let base = base_dir(hierarchy, parent, !v2_controllers.is_empty());
+            clean_dead_owners(&base);
+            let dir = base.join(owner.to_string());
+            // Another executor may remove the base between our making it and the
+            // owner's directory: try again once.
+            match fs::create_dir_all(&dir).or_else(|_| fs::create_dir_all(&dir)) {
+                Ok(()) => Some(Place {
+                    dir,
+                    v2: hierarchy.v2,
+                }),
+                Err(e) => {
+                    log::debug!(target: "swarmexec", "cgroups under {} unusable: {e}", base.display());
+                    None
+                }
+            }
+        };
+        let v2 = place(&mounts.v2);
+        if let Some(v2) = &v2 {
+            enable_controllers(v2, &v2_controllers, &mounts);
+        }
+        let v2_with = |controller: &str| {
+            let enabled = v2
+                .as_ref()
+                .is_some_and(|v2| has_controller_enabled(&v2.dir, controller));
+            enabled.then(|| v2.clone()).flatten()
+        };
+        let containment = v2.clone().or_else(|| place(&mounts.freezer));
+        Cgroups {
+            memory: v2_with("memory").or_else(|| place(&mounts.memory)),
+            pids: v2_with("pids").or_else(|| place(&mounts.pids)),
+            cpu: v2_with("cpu").or_else(|| place(&mounts.cpu)),
+            containment,
+        }
+    }
+
+    /// What is in force.
+    pub(crate) fn containment(&self) -> Containment {
+        let method = match &self.containment {
+            Some(Place { v2: true, .. }) => "cgroup v2",
+            Some(Place { v2: false, .. }) => "cgroup v1 freezer",
+            None => "process group",
+        };
+        let mut cgroups: Vec<PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
+            .into_iter()
+            .flatten()
+            .map(|p| p.dir.clone())
+            .collect();
+        cgroups.dedup();
+        Containment {
+            method,
+            memory_limit: self.memory.is_some(),
+            pids_limit: self.pids.is_some(),
+            cpu_limit: self.cpu.is_some(),
+            cgroups,
+        }
+    }
+
+    /// Refuses limits this host cannot enforce, naming what is missing.
+    pub(crate) fn check(&self, limits: &Limits) -> Result<(), Error> {
+        let missing = [
+            (limits.memory_bytes, &self.memory, "memory", "memory"),
+            (limits.pids, &self.pids, "pids", "process-count"),
+            (limits.nano_cpus, &self.cpu, "cpu", "CPU"),
+        ];
+        for (value, place, controller, what) in missing {
+            if value < 0 {
+                return Err(Error::InvalidSpec(format!(
+                    "the {what} limit {value} is negative"
+                )));
+            }
+            if value > 0 && place.is_none() {
+                return Err(Error::InvalidSpec(format!(
+                    "a {what} limit needs the cgroup \"{controller}\" controller, which this host \
+                     does not offer to swarmexec (no cgroup hierarchy with it, or no permission)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the task's cgroups, named `name`, with `limits` set (checked by
+    /// [`check`](Cgroups::check)); `None` without containment.
+    pub(crate) fn create(&self, name: &str, limits: &Limits) -> Result<Option<TaskCgroup>, Error> {
+        let Some(containment) = &self.containment else {
+            return Ok(None);
+        };
+        let mut task = TaskCgroup {
+            containment: containment.dir.join(name),
+            v2: containment.v2,
+            memory: None,
+            pids: None,
+            cpu: None,
+            dirs: Vec::new(),
+        };
+        let made = task.make(name, self, limits);
+        match made {
+            Ok(()) => Ok(Some(task)),
+            Err(e) => {
+                task.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the executor's parent cgroups (empty once its tasks are gone).
+    pub(crate) fn remove(&self) {
+        let mut dirs: Vec<&PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
+            .into_iter()
+            .flatten()
+            .map(|p| &p.dir)
+            .collect();
+        dirs.dedup();
+        for dir in dirs {
+            if let Err(e) = fs::remove_dir(dir) {
+                log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display());
+            }
+            // The base too, unless another executor uses it.
+            if let Some(base) = dir.parent() {
+                let _ = fs::remove_dir(base);
+            }
+        }
+    }
+}
+
+/// The directory holding owners' cgroups in `hierarchy`.
+fn base_dir(hierarchy: &Hierarchy, parent: Option<&Path>, v2_needs_root: bool) -> PathBuf {
+    match parent {
+        Some(parent) => hierarchy
+            .mount
+            .join(parent.strip_prefix("/").unwrap_or(parent)),
+        None if hierarchy.v2 && v2_needs_root => hierarchy.mount.join("swarmexec"),
+        None => hierarchy.mount.join(&hierarchy.own).join("swarmexec"),
+    }
+}
+
+/// The controllers of interest the v2 hierarchy has at its root, when this
+/// process may enable them (root, or under a configured parent).
+fn v2_available_controllers(v2: &Hierarchy, parent: Option<&Path>) -> Vec<&'static str> {
+    let Ok(available) = fs::read_to_string(v2.mount.join("cgroup.controllers")) else {
+        return Vec::new();
+    };
+    let root_or_parent = super::sys::effective_uid() == 0 || parent.is_some();
+    ["memory", "pids", "cpu"]
+        .into_iter()
+        .filter(|c| root_or_parent && available.split_whitespace().any(|a| a == *c))
+        .collect()
+}
+
+/// Enables `controllers` on the way from the v2 root down to the executor's
+/// parent, so that task cgroups get them. A failure leaves that controller to v1.
+fn enable_controllers(v2: &Place, controllers: &[&str], mounts: &Mounts) {
+    let Some(hierarchy) = &mounts.v2 else { return };
+    let Ok(relative) = v2.dir.strip_prefix(&hierarchy.mount) else {
+        return;
+    };
+    for controller in controllers {
+        let mut dir = hierarchy.mount.clone();
+        for part in std::iter::once(None).chain(relative.components().map(Some)) {
+            if let Some(part) = part {
+                dir.push(part);
+            }
+            if has_controller_enabled(&dir, controller) {
+                continue;
+            }
+            if let Err(e) = write(
+                &dir.join("cgroup.subtree_control"),
+                &format!("+{controller}"),
+            ) {
+                log::debug!(target: "swarmexec", "cannot enable {controller} in {}: {e}", dir.display());
+                break;
+            }
+        }
+    }
+}
+
+/// True when children of `dir` get `controller` (v2).
+fn has_controller_enabled(dir: &Path, controller: &str) -> bool {
+    fs::read_to_string(dir.join("cgroup.subtree_control"))
+        .is_ok_and(|enabled| enabled.split_whitespace().any(|c| c == controller))
+}
+
+/// Kills what is left in the cgroups of dead owners under `base`, and removes them.
+fn clean_dead_owners(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name.to_str().and_then(Owner::parse) else {
+            continue;
+        };
+        if owner.is_alive() {
+            continue;
+        }
+        let dir = entry.path();
+        let tasks: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for task in &tasks {
+            let cgroup = TaskCgroup::adopt(task);
+            let _ = cgroup.kill();
+            cgroup.wait_empty(Duration::from_secs(2));
+            cgroup.remove();
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => log::info!(
+                target: "swarmexec",
+                "removed cgroup {} of a dead executor ({} task cgroups)",
+                dir.display(),
+                tasks.len()
+            ),
+            Err(e) => {
+                log::warn!(target: "swarmexec", "cannot remove cgroup {} of a dead executor: {e}", dir.display())
+            }
+        }
+    }
+}
+
+/// One task's cgroups.
+#[derive(Debug)]
+pub(crate) struct TaskCgroup {
+    /// The cgroup that holds every process of the task.
+    containment: PathBuf,
+    v2: bool,
+    memory: Option<(PathBuf, bool)>,
+    pids: Option<(PathBuf, bool)>,
+    cpu: Option<(PathBuf, bool)>,
+    /// Every directory made, containment first.
+    dirs: Vec<PathBuf>,
+}
+
+impl TaskCgroup {
+    fn make(&mut self, name: &str, cgroups: &Cgroups, limits: &Limits) -> Result<(), Error> {
+        self.add_dir(&self.containment.clone())?;
+        let roles = [
+            (limits.memory_bytes, &cgroups.memory, Role::Memory),
+            (limits.pids, &cgroups.pids, Role::Pids),
+            (limits.nano_cpus, &cgroups.cpu, Role::Cpu),
+        ];
+        for (value, place, role) in roles {
+            let (true, Some(place)) = (value > 0, place) else {
+                continue;
+            };
+            let dir = place.dir.join(name);
+            if !self.dirs.contains(&dir) {
+                self.add_dir(&dir)?;
+            }
+            for (file, content) in role.settings(value, place.v2) {
+                write(&dir.join(file), &content)
+                    .map_err(|e| cgroup_error("cannot set", &dir.join(file), &e))?;
+            }
+            let slot = match role {
+                Role::Memory => &mut self.memory,
+                Role::Pids => &mut self.pids,
+                Role::Cpu => &mut self.cpu,
+            };
+            *slot = Some((dir, place.v2));
+        }
+        Ok(())
+    }
+
+    fn add_dir(&mut self, dir: &Path) -> Result<(), Error> {
+        fs::create_dir(dir).map_err(|e| cgroup_error("cannot create cgroup", dir, &e))?;
+        self.dirs.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// A task cgroup found on disk (a dead owner's), to kill and remove.
+    fn adopt(dir: &Path) -> TaskCgroup {
+        let v2 = dir.join("cgroup.events").exists();
+        TaskCgroup {
+            containment: dir.to_path_buf(),
+            v2,
+            memory: None,
+            pids: None,
+            cpu: None,
+            dirs: vec![dir.to_path_buf()],
+        }
+    }
+
+    /// The open `cgroup.procs` files of every cgroup of the task, for the program
+    /// to join before it executes.
+    pub(crate) fn join_files(&self) -> Result<Vec<OwnedFd>, Error> {
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let procs = dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map(OwnedFd::from)
+                    .map_err(|e| cgroup_error("cannot open", &procs, &e))
+            })
+            .collect()
+    }
+
+    /// Kills every process in the task's cgroup: `cgroup.kill` on v2; on v1,
+    /// freeze, SIGKILL every member, thaw (frozen, no member can fork or exit, so
+    /// no pid read can be reused before the kill).
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        let kill_file = self.containment.join("cgroup.kill");
+        if self.v2 && kill_file.exists() {
+            return write(&kill_file, "1");
+        }
+        let state = self.containment.join("freezer.state");
+        if !self.v2 && state.exists() {
+            write(&state, "FROZEN")?;
+            let deadline = Instant::now() + FREEZE_WAIT;
+            while read_trimmed(&state).as_deref() != Some("FROZEN") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let killed = self.kill_members();
+            write(&state, "THAWED")?;
+            return killed;
+        }
+        // A v2 hierarchy before cgroup.kill (kernels before 5.14): freeze there.
+        let freeze = self.containment.join("cgroup.freeze");
+        write(&freeze, "1")?;
+        let killed = self.kill_members();
+        write(&freeze, "0")?;
+        killed
+    }
+
+    fn kill_members(&self) -> io::Result<()> {
+        let procs = fs::read_to_string(self.containment.join("cgroup.procs"))?;
+        for pid in procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+        {
+            super::sys::kill_frozen(pid);
+        }
+        Ok(())
+    }
+
+    /// True once no process is left in the task's cgroup.
+    pub(crate) fn is_empty(&self) -> bool {
+        if self.v2 {
+            if let Some(events) = read_trimmed(&self.containment.join("cgroup.events")) {
+                return events.lines().any(|l| l == "populated 0");
+            }
+        }
+        read_trimmed(&self.containment.join("cgroup.procs")).is_none_or(|p| p.is_empty())
+    }
+
+    /// Waits, a little at a time, until the cgroup is empty or `limit` passes.
+    pub(crate) fn wait_empty(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.is_empty() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// How many times the kernel killed a process of the task for exceeding its
+    /// memory limit.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        let Some((dir, v2)) = &self.memory else {
+            return 0;
+        };
+        let file = if *v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let counters = read_trimmed(&dir.join(file)).unwrap_or_default();
+        counter(&counters, "oom_kill").unwrap_or(0)
+    }
+
+    /// What the task has used so far.
+    pub(crate) fn usage(&self) -> ResourceUsage {
+        let cpu = if self.v2 {
+            let stat = read_trimmed(&self.containment.join("cpu.stat")).unwrap_or_default();
+            counter(&stat, "usage_usec").map(Duration::from_micros)
+        } else {
+            None
+        };
+        let (memory_bytes, memory_peak_bytes) = match &self.memory {
+            Some((dir, true)) => (
+                number(&dir.join("memory.current")),
+                number(&dir.join("memory.peak")),
+            ),
+            Some((dir, false)) => (
+                number(&dir.join("memory.usage_in_bytes")),
+                number(&dir.join("memory.max_usage_in_bytes")),
+            ),
+            None => (None, None),
+        };
+        let processes = read_trimmed(&self.containment.join("cgroup.procs"))
+            .map(|procs| procs.lines().count() as u64);
+        ResourceUsage {
+            cpu,
+            memory_bytes,
+            memory_peak_bytes,
+            processes,
+        }
+    }
+
+    /// Removes the task's cgroups (empty by now); failures are logged.
+    pub(crate) fn remove(&self) {
+        for dir in self.dirs.iter().rev() {
+            if let Err(e) = remove_cgroup(dir) {
+                log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Removes an empty cgroup; the kernel may need a moment after its last process
+/// exits before it lets go.
+fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => return other,
+        }
+    }
+}
+
+/// The settings of a limit.
+#[derive(Clone, Copy)]
+enum Role {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Role {
+    /// The files to write, and what, for a limit of `value` on v2 or v1.
+    fn settings(self, value: i64, v2: bool) -> Vec<(&'static str, String)> {
+        match (self, v2) {
+            // No swap beyond the limit, so that the limit is the limit.
+            (Role::Memory, true) => vec![
+                ("memory.max", value.to_string()),
+                ("memory.swap.max", "0".into()),
+            ],
+            (Role::Memory, false) => vec![("memory.limit_in_bytes", value.to_string())],
+            (Role::Pids, _) => vec![("pids.max", value.to_string())],
+            (Role::Cpu, true) => vec![("cpu.max", format!("{} {CPU_PERIOD_US}", cpu_quota(value)))],
+            (Role::Cpu, false) => vec![
+                ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                ("cpu.cfs_quota_us", cpu_quota(value).to_string()),
+            ],
+        }
+    }
+}
+
+/// The CFS quota per period for `nano_cpus`: 1.5 CPUs is 150 ms per 100 ms.
+fn cpu_quota(nano_cpus: i64) -> i64 {
+    // The kernel takes no quota under 1 ms.
+    (nano_cpus.saturating_mul(CPU_PERIOD_US) / 1_000_000_000).max(1000)
+}
+
+fn cgroup_error(what: &str, path: &Path, e: &io::Error) -> Error {
+    let error = Error::other(format!("{what} {}: {e}", path.display()));
+    if super::sys::is_exhaustion(e) {
+        crate::make_temporary(error)
+    } else {
+        error
+    }
+}
+
+fn write(path: &Path, content: &str) -> io::Result<()> {
+    // One write: cgroup files take a value per write call.
+    OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(content.as_bytes())
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+fn number(path: &Path) -> Option<u64> {
+    read_trimmed(path)?.parse().ok()
+}
+
+/// The value of `key` in a flat-keyed file such as `memory.events`.
+fn counter(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == key).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+
+    const HYBRID_CGROUP: &str = "\
+8:pids:/
+6:freezer:/
+4:memory:/process_api/e73b
+1:cpu:/
+0::/";
+
+    #[test]
+    fn hybrid_mounts_are_found_with_our_place_in_each() {
+        let mounts = Mounts::parse(HYBRID_MOUNTINFO, HYBRID_CGROUP);
+        let v2 = mounts.v2.unwrap();
+        assert_eq!(v2.mount, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(v2.own, Path::new(""));
+        let memory = mounts.memory.unwrap();
+        assert_eq!(memory.mount, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(memory.own, Path::new("process_api/e73b"));
+        assert!(mounts.pids.is_some() && mounts.cpu.is_some() && mounts.freezer.is_some());
+    }
+
+    #[test]
+    fn a_pure_v2_host_has_one_hierarchy() {
+        let mountinfo = "30 24 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate";
+        let mounts = Mounts::parse(mountinfo, "0::/user.slice/session-1.scope\n");
+        let v2 = mounts.v2.unwrap();
+        assert_eq!(v2.own, Path::new("user.slice/session-1.scope"));
+        assert!(mounts.memory.is_none() && mounts.freezer.is_none());
+    }
+
+    #[test]
+    fn a_container_sees_its_cgroup_as_the_mount_root() {
+        let mountinfo = "30 24 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
+        let mounts = Mounts::parse(mountinfo, "0::/docker/abc\n");
+        assert_eq!(mounts.v2.unwrap().own, Path::new(""));
+    }
+
+    #[test]
+    fn owners_round_trip_and_know_whether_they_live() {
+        let me = Owner::new();
+        assert_eq!(Owner::parse(&me.to_string()), Some(me.clone()));
+        assert!(me.is_alive());
+        let reused_pid = Owner {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!reused_pid.is_alive());
+        assert_eq!(Owner::parse("12-x-3"), None);
+        assert_eq!(Owner::parse("1-2-3-4"), None);
+    }
+
+    #[test]
+    fn cpu_quotas_follow_nano_cpus() {
+        assert_eq!(cpu_quota(1_500_000_000), 150_000);
+        assert_eq!(cpu_quota(500_000_000), 50_000);
+        assert_eq!(cpu_quota(1), 1000, "the kernel's minimum");
+    }
+
+    #[test]
+    fn counters_are_read_by_name() {
+        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2";
+        assert_eq!(counter(events, "oom_kill"), Some(2));
+        assert_eq!(counter(events, "oom"), Some(1));
+        assert_eq!(counter(events, "none"), None);
+    }
+}
