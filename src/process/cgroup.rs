@@ -271,6 +271,16 @@ impl Cgroups {
         }
     }
 
+    /// No cgroups: tasks are held together by their process group only.
+    pub(crate) fn none() -> Cgroups {
+        Cgroups {
+            containment: None,
+            memory: None,
+            pids: None,
+            cpu: None,
+        }
+    }
+
     /// What is in force.
     pub(crate) fn containment(&self) -> Containment {
         let method = match &self.containment {

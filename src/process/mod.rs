@@ -147,14 +147,24 @@ impl ProcessExecutor {
     /// each cgroup hierarchy (like `docker run --cgroup-parent`), instead of the
     /// default (see the [module docs](self)). Call it before making controllers:
     /// afterwards it changes nothing (and says so in the log).
-    pub fn with_cgroup_parent(mut self, parent: impl AsRef<Path>) -> Self {
+    pub fn with_cgroup_parent(self, parent: impl AsRef<Path>) -> Self {
+        self.with_cgroups(|owner| Cgroups::new(owner, Some(parent.as_ref())))
+    }
+
+    /// Uses no cgroups: each task is held together by its process group only (a
+    /// descendant that leaves it escapes), and a task with limits is rejected. Call
+    /// it before making controllers.
+    pub fn without_cgroups(self) -> Self {
+        self.with_cgroups(|_| Cgroups::none())
+    }
+
+    fn with_cgroups(mut self, make: impl FnOnce(&Owner) -> Cgroups) -> Self {
         match Arc::get_mut(&mut self.env) {
-            Some(env) => {
-                env.cgroups = ExecutorCgroups(Cgroups::new(&env.owner, Some(parent.as_ref())));
-            }
+            // The executor's cgroups made so far go when replaced.
+            Some(env) => env.cgroups = ExecutorCgroups(make(&env.owner)),
             None => log::warn!(
                 target: "swarmexec",
-                "the cgroup parent is set before controllers are made; left as it was"
+                "cgroups are chosen before controllers are made; left as they were"
             ),
         }
         self
