@@ -321,6 +321,73 @@ pub struct ProcessSpec {
     pub stop_grace_period: Option<Duration>,
     /// Resource limits applied to the program.
     pub rlimits: Vec<Rlimit>,
+    /// Where the program's stdin comes from: `/dev/null` unless set.
+    pub stdin: InputSource,
+    /// Where the program's stdout goes: captured into the task's logs unless set.
+    pub stdout: OutputSink,
+    /// Where the program's stderr goes: captured into the task's logs unless set.
+    pub stderr: OutputSink,
+}
+
+/// Where a task's stdin comes from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum InputSource {
+    /// `/dev/null`: the program reads end-of-file.
+    #[default]
+    Null,
+    /// The host process's own stdin.
+    Inherit,
+    /// A file, opened for reading when the program starts.
+    File(PathBuf),
+    /// A descriptor the caller opened (a copy is given to the program).
+    Fd(SharedFd),
+}
+
+/// Where a task's stdout or stderr goes. Anything but [`Capture`](OutputSink::Capture)
+/// goes to the program directly: the library copies no byte of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum OutputSink {
+    /// Into the task's bounded log buffer, for its logs.
+    #[default]
+    Capture,
+    /// The host process's own stdout (for stdout) or stderr (for stderr).
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A file, created if missing and appended to, opened when the program starts.
+    File(PathBuf),
+    /// A descriptor the caller opened (a copy is given to the program).
+    Fd(SharedFd),
+}
+
+/// A descriptor shared by the specs that name it; equal only to itself.
+#[derive(Clone)]
+pub struct SharedFd(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl SharedFd {
+    /// A copy of the descriptor, for a program to own.
+    pub fn try_clone_to_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.0.try_clone()
+    }
+}
+
+impl From<std::os::fd::OwnedFd> for SharedFd {
+    fn from(fd: std::os::fd::OwnedFd) -> Self {
+        SharedFd(std::sync::Arc::new(fd))
+    }
+}
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for SharedFd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::os::fd::AsRawFd;
+        write!(f, "SharedFd({})", self.0.as_raw_fd())
+    }
 }
 
 /// A resource that an [`Rlimit`] bounds.

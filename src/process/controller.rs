@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -19,8 +19,8 @@ use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnPlan};
 use crate::api::{
-    Config, ContainerStatus, LogContext, LogSubscriptionOptions, ProcessSpec, ResourceUsage,
-    Runtime, Secret, Task,
+    Config, ContainerStatus, InputSource, LogContext, LogSubscriptionOptions, OutputSink,
+    ProcessSpec, ResourceUsage, Runtime, Secret, Task,
 };
 use crate::executor::DependencyStore;
 use crate::{
@@ -235,17 +235,10 @@ impl ProcessController {
 
     /// Spawns the program and hands it to the reaper, without the lock.
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
-        let resources = |e: io::Error| {
-            make_temporary(Error::other(format!(
-                "cannot start {}: {}",
-                launch.argv[0],
-                sys::describe_exhaustion(&e)
-            )))
-        };
-        let (stdout, stdout_w) = sys::pipe().map_err(resources)?;
-        let (stderr, stderr_w) = sys::pipe().map_err(resources)?;
-        let stdin = File::open("/dev/null").map_err(resources)?;
-        let mut plan = spawn_plan(launch, [stdin.into(), stdout_w, stderr_w])?;
+        let stdin = input(&launch.stdin)?;
+        let (stdout, stdout_pipe) = output(&launch.stdout, 1)?;
+        let (stderr, stderr_pipe) = output(&launch.stderr, 2)?;
+        let mut plan = spawn_plan(launch, [stdin, stdout, stderr])?;
         let cgroup = self
             .env
             .cgroups
@@ -261,8 +254,8 @@ impl ProcessController {
             }
         }
         let pipes = Pipes {
-            stdout: stdout.into(),
-            stderr: stderr.into(),
+            stdout: stdout_pipe,
+            stderr: stderr_pipe,
         };
         self.env
             .supervisor
@@ -602,6 +595,54 @@ fn exit_result(exit: Exit, container: ContainerStatus) -> Result<(), Error> {
     Err(ExitError::new(code, message)
         .with_container_status(container)
         .into())
+}
+
+/// The program's stdin as `source` says.
+fn input(source: &InputSource) -> Result<OwnedFd, Error> {
+    let opened = match source {
+        InputSource::Null => File::open("/dev/null").map(OwnedFd::from),
+        InputSource::Inherit => std::io::stdin().as_fd().try_clone_to_owned(),
+        InputSource::File(path) => File::open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| io::Error::new(e.kind(), format!("stdin file {}: {e}", path.display()))),
+        InputSource::Fd(fd) => fd.try_clone_to_owned(),
+    };
+    opened.map_err(stdio_error)
+}
+
+/// The program's stdout (`number` 1) or stderr (2) as `sink` says, and the read
+/// end of its pipe when it is captured.
+fn output(sink: &OutputSink, number: i32) -> Result<(OwnedFd, Option<File>), Error> {
+    let opened = match sink {
+        OutputSink::Capture => {
+            return sys::pipe()
+                .map(|(read, write)| (write, Some(File::from(read))))
+                .map_err(stdio_error)
+        }
+        OutputSink::Inherit if number == 1 => std::io::stdout().as_fd().try_clone_to_owned(),
+        OutputSink::Inherit => std::io::stderr().as_fd().try_clone_to_owned(),
+        OutputSink::Null => OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from),
+        OutputSink::File(path) => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| io::Error::new(e.kind(), format!("output file {}: {e}", path.display()))),
+        OutputSink::Fd(fd) => fd.try_clone_to_owned(),
+    };
+    opened.map(|fd| (fd, None)).map_err(stdio_error)
+}
+
+fn stdio_error(e: io::Error) -> Error {
+    let error = Error::other(format!("cannot set up the program's stdio: {e}"));
+    if sys::is_exhaustion(&e) {
+        make_temporary(error)
+    } else {
+        error
+    }
 }
 
 /// What the program is started with: `launch`, the given stdio, in a process group

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::sys;
-use crate::api::{Limits, ProcessSpec, Rlimit};
+use crate::api::{InputSource, Limits, OutputSink, ProcessSpec, Rlimit};
 use crate::Error;
 
 /// The `PATH` a program gets when its spec sets none.
@@ -33,6 +33,9 @@ pub(crate) struct Launch {
     pub(crate) rlimits: Vec<Rlimit>,
     /// The task's resource limits, checked against what the host can enforce.
     pub(crate) limits: Limits,
+    pub(crate) stdin: InputSource,
+    pub(crate) stdout: OutputSink,
+    pub(crate) stderr: OutputSink,
 }
 
 fn invalid(problem: impl Into<String>) -> Error {
@@ -164,6 +167,9 @@ pub(crate) fn launch(
         stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
         rlimits: spec.rlimits.clone(),
         limits: Limits::default(),
+        stdin: spec.stdin.clone(),
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
     })
 }
 

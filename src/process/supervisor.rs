@@ -222,10 +222,10 @@ fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// The pipes the reaper reads for a process.
+/// The pipes the reaper reads for a process: those of the streams it captures.
 pub(crate) struct Pipes {
-    pub(crate) stdout: File,
-    pub(crate) stderr: File,
+    pub(crate) stdout: Option<File>,
+    pub(crate) stderr: Option<File>,
 }
 
 enum Command {
@@ -547,8 +547,8 @@ impl Reaper {
             pidfd,
             exited: None,
             reaped: false,
-            stdout: Some(pipes.stdout),
-            stderr: Some(pipes.stderr),
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
         });
     }
 
@@ -687,8 +687,8 @@ mod tests {
             die_with_parent: true,
         };
         let pipes = Pipes {
-            stdout: stdout.into(),
-            stderr: stderr.into(),
+            stdout: Some(stdout.into()),
+            stderr: Some(stderr.into()),
         };
         supervisor.spawn(plan, pipes, 1 << 16, None).unwrap()
     }
