@@ -17,7 +17,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::cgroup::{Cgroups, Owner};
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
-use super::sys::{self, SpawnPlan};
+use super::sys::{self, SpawnError, SpawnPlan, SpawnStep};
 use crate::api::{
     Config, ContainerStatus, InputSource, LogContext, LogSubscriptionOptions, OutputSink,
     ProcessSpec, ResourceUsage, Runtime, Secret, Task,
@@ -80,7 +80,23 @@ struct State {
     phase: Phase,
     /// The directory this controller created: the only one it ever deletes.
     task_dir: Option<PathBuf>,
+    /// Why the program could not be started, when it could not.
+    start_failure: Option<StartFailure>,
     closed: bool,
+}
+
+/// Why a task's program could not be started, in the terms a shell (and
+/// `docker run`) gives exit codes to: stable, for callers that must tell these
+/// cases apart without reading messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The program, or the interpreter its `#!` line names, does not exist (a
+    /// shell's 127).
+    NotFound,
+    /// It exists but cannot be executed: permission denied (also for the user the
+    /// task runs as, and for its working directory) or not an executable format (a
+    /// shell's 126).
+    CannotExecute,
 }
 
 enum Phase {
@@ -117,6 +133,7 @@ impl ProcessController {
                 log_capacity,
                 phase: Phase::New,
                 task_dir: None,
+                start_failure: None,
                 closed: false,
             }),
         }
@@ -127,6 +144,23 @@ impl ProcessController {
     /// reused task id never meets an old one's files.
     pub fn task_dir(&self) -> Option<PathBuf> {
         self.state.lock().task_dir.clone()
+    }
+
+    /// Why the program could not be started, once `prepare` or `start` failed
+    /// because it does not exist or cannot be executed.
+    pub fn start_failure(&self) -> Option<StartFailure> {
+        self.state.lock().start_failure
+    }
+
+    /// Sends `signal` (a name such as `"SIGUSR1"` or `"USR1"`, or a number) to the
+    /// program's process group, while it runs; nothing once it has ended.
+    pub fn signal(&self, signal: &str) -> Result<(), Error> {
+        let number = sys::parse_signal(signal)
+            .ok_or_else(|| Error::InvalidSpec(format!("unknown signal {signal:?}")))?;
+        match self.started()? {
+            Some(started) => started.process.signal_group(number).map_err(Error::other),
+            None => Err(Error::other("exec: task not started")),
+        }
     }
 
     /// What the task has used so far, or in all once it ended; `None` before it
@@ -260,7 +294,11 @@ impl ProcessController {
         self.env
             .supervisor
             .spawn(plan, pipes, log_capacity, cgroup)
-            .map_err(|e| spawn_error(launch, e))
+            .map_err(|e| {
+                let (error, failure) = spawn_error(launch, e);
+                self.state.lock().start_failure = failure;
+                error
+            })
     }
 
     /// Deletes the directory this controller created, if any; on failure it is
@@ -363,6 +401,11 @@ impl Controller for ProcessController {
             }
             Err(e) => {
                 state.phase = Phase::New;
+                state.start_failure = match &e {
+                    Error::ProgramNotFound(_) => Some(StartFailure::NotFound),
+                    Error::ProgramNotExecutable(_) => Some(StartFailure::CannotExecute),
+                    _ => None,
+                };
                 Err(e)
             }
         }
@@ -682,16 +725,45 @@ fn spawn_plan(launch: &Launch, stdio: [OwnedFd; 3]) -> Result<SpawnPlan, Error> 
     })
 }
 
-fn spawn_error(launch: &Launch, e: io::Error) -> Error {
-    let program = launch.argv[0].clone();
-    match e.kind() {
-        io::ErrorKind::NotFound => Error::ProgramNotFound(program),
-        io::ErrorKind::PermissionDenied => Error::ProgramNotExecutable(program),
-        _ if sys::is_exhaustion(&e) => make_temporary(Error::other(format!(
-            "cannot start {program}: {}",
-            sys::describe_exhaustion(&e)
-        ))),
-        _ => Error::other(format!("cannot start {program}: {e}")),
+/// The error of a failed spawn, named after its real cause, and what it means for
+/// a caller that maps failures to exit codes.
+fn spawn_error(launch: &Launch, failure: SpawnError) -> (Error, Option<StartFailure>) {
+    let program = &launch.argv[0];
+    let SpawnError { step, error: e } = failure;
+    if sys::is_exhaustion(&e) {
+        let limit = sys::describe_exhaustion(&e);
+        return (
+            make_temporary(Error::other(format!("cannot start {program}: {limit}"))),
+            None,
+        );
+    }
+    let denied = e.kind() == io::ErrorKind::PermissionDenied;
+    let user = launch
+        .credentials
+        .map_or_else(String::new, |(uid, _)| format!(" (as uid {uid})"));
+    match step {
+        SpawnStep::Exec if e.kind() == io::ErrorKind::NotFound && launch.program.exists() => (
+            Error::ProgramNotFound(format!("{program}: the interpreter its #! line names")),
+            Some(StartFailure::NotFound),
+        ),
+        SpawnStep::Exec if e.kind() == io::ErrorKind::NotFound => (
+            Error::ProgramNotFound(program.clone()),
+            Some(StartFailure::NotFound),
+        ),
+        SpawnStep::Exec if denied || e.raw_os_error() == Some(libc::ENOEXEC) => (
+            Error::ProgramNotExecutable(format!("{program}{user}: {e}")),
+            Some(StartFailure::CannotExecute),
+        ),
+        SpawnStep::Chdir => {
+            let dir = launch.dir.as_deref().unwrap_or(Path::new("."));
+            let failure = denied.then_some(StartFailure::CannotExecute);
+            let error = Error::other(format!(
+                "cannot enter the working directory {}{user}: {e}",
+                dir.display()
+            ));
+            (error, failure)
+        }
+        _ => (Error::other(format!("cannot start {program}: {e}")), None),
     }
 }
 

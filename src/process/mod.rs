@@ -95,8 +95,8 @@ use parking_lot::Mutex;
 
 pub use cgroup::Containment;
 use cgroup::{Cgroups, Owner};
-pub use controller::ProcessController;
 use controller::{Environment, ExecutorCgroups};
+pub use controller::{ProcessController, StartFailure};
 use supervisor::Supervisor;
 
 use crate::api::{EncryptionKey, Node, NodeDescription, Platform, Resources, Runtime, Task};
@@ -105,6 +105,34 @@ use crate::{
     CancelToken, ConfigsManager, ConfigsProvider, Controller, DependencyManager, Error, Executor,
     SecretsManager, SecretsProvider,
 };
+
+/// `HOME`, `USER` and `LOGNAME` of `user` (a name or numeric id), or of the user
+/// this process runs as: what a login would set, for callers whose tasks should
+/// see them (`swarmexec run` adds them; a spec gets none by default).
+///
+/// ```
+/// let env = swarmexec::process::login_environment(None)?;
+/// assert_eq!(env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["HOME", "USER", "LOGNAME"]);
+/// # Ok::<(), swarmexec::Error>(())
+/// ```
+pub fn login_environment(user: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    let found = match user {
+        None => sys::user_by_uid(sys::effective_uid()),
+        Some(user) => match user.parse::<u32>() {
+            Ok(uid) => sys::user_by_uid(uid),
+            Err(_) => sys::user_by_name(user),
+        },
+    };
+    let described = user.map_or_else(|| "the current user".to_owned(), |u| format!("user {u:?}"));
+    let entry = found
+        .map_err(|e| Error::other(format!("cannot look up {described}: {e}")))?
+        .ok_or_else(|| Error::InvalidSpec(format!("unknown {described}")))?;
+    Ok(vec![
+        ("HOME".to_owned(), entry.home),
+        ("USER".to_owned(), entry.name.clone()),
+        ("LOGNAME".to_owned(), entry.name),
+    ])
+}
 
 /// How much output each task keeps by default: 1 MiB.
 pub const DEFAULT_LOG_CAPACITY: usize = 1 << 20;

@@ -244,8 +244,8 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u
         None => (sys::effective_uid(), None),
         Some(user) => match user.parse::<u32>() {
             Ok(uid) => (uid, None),
-            Err(_) => match sys::lookup_user(user) {
-                Ok(Some((uid, gid))) => (uid, Some(gid)),
+            Err(_) => match sys::user_by_name(user) {
+                Ok(Some(entry)) => (entry.uid, Some(entry.gid)),
                 Ok(None) => return Err(invalid(format!("unknown user {user:?}"))),
                 Err(e) => return Err(invalid(format!("cannot look up user {user:?}: {e}"))),
             },

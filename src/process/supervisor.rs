@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 
 use super::cgroup::TaskCgroup;
 use super::logs::LogBuffer;
-use super::sys::{self, SpawnPlan};
+use super::sys::{self, SpawnError, SpawnPlan};
 use crate::api::{LogStream, ResourceUsage};
 use crate::{CancelToken, Error};
 
@@ -242,7 +242,7 @@ struct SpawnRequest {
     pipes: Pipes,
     log_capacity: usize,
     cgroup: Option<TaskCgroup>,
-    reply: Sender<io::Result<Arc<Process>>>,
+    reply: Sender<Result<Arc<Process>, SpawnError>>,
 }
 
 /// The reaper thread of one executor, started by the first spawn; stops when
@@ -305,12 +305,12 @@ impl Supervisor {
         pipes: Pipes,
         log_capacity: usize,
         cgroup: Option<TaskCgroup>,
-    ) -> io::Result<Arc<Process>> {
+    ) -> Result<Arc<Process>, SpawnError> {
         if let Err(e) = self.ensure_running() {
             if let Some(cgroup) = &cgroup {
                 cgroup.remove();
             }
-            return Err(e);
+            return Err(SpawnError::setup(e));
         }
         let (reply, replied) = crossbeam_channel::bounded(1);
         let request = SpawnRequest {
@@ -321,9 +321,10 @@ impl Supervisor {
             reply,
         };
         self.send(Command::Spawn(Box::new(request)));
-        replied
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the reaper thread has stopped")))
+        replied.recv().unwrap_or_else(|_| {
+            let stopped = io::Error::other("the reaper thread has stopped");
+            Err(SpawnError::setup(stopped))
+        })
     }
 
     /// Tells the reaper to drop the process's pipes.

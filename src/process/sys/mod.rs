@@ -15,7 +15,7 @@ use crate::api::{Rlimit, RlimitResource};
 
 mod spawn;
 
-pub(crate) use spawn::{pipe, spawn, SpawnPlan};
+pub(crate) use spawn::{pipe, spawn, SpawnError, SpawnPlan, SpawnStep};
 
 /// Converts a `-1` return into the thread's `errno`.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -128,40 +128,75 @@ pub(super) fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The uid and primary gid of the user `name`, through the system's user database.
-pub(super) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    lookup(name, libc::getpwnam_r, |user: &libc::passwd| {
-        (user.pw_uid, user.pw_gid)
-    })
+/// A user's entry in the system's user database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UserEntry {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) name: String,
+    pub(crate) home: String,
+}
+
+/// The user `name`, through the system's user database.
+pub(crate) fn user_by_name(name: &str) -> io::Result<Option<UserEntry>> {
+    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    lookup(name.as_ptr(), libc::getpwnam_r, read_user)
+}
+
+/// The user with id `uid`, through the system's user database.
+pub(crate) fn user_by_uid(uid: u32) -> io::Result<Option<UserEntry>> {
+    lookup(uid, libc::getpwuid_r, read_user)
+}
+
+fn read_user(user: &libc::passwd) -> UserEntry {
+    // SAFETY: the C library filled in the entry with NUL-terminated strings (or
+    // null pointers) that live in the lookup's buffer for the duration of this read.
+    let text = |p: *const libc::c_char| {
+        if p.is_null() {
+            return String::new();
+        }
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    UserEntry {
+        uid: user.pw_uid,
+        gid: user.pw_gid,
+        name: text(user.pw_name),
+        home: text(user.pw_dir),
+    }
 }
 
 /// The gid of the group `name`, through the system's group database.
 pub(super) fn lookup_group(name: &str) -> io::Result<Option<u32>> {
-    lookup(name, libc::getgrnam_r, |group: &libc::group| group.gr_gid)
+    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    lookup(name.as_ptr(), libc::getgrnam_r, |group: &libc::group| {
+        group.gr_gid
+    })
 }
 
-/// The shape of `getpwnam_r` and `getgrnam_r`.
-type GetByName<E> = unsafe extern "C" fn(
-    *const libc::c_char,
-    *mut E,
-    *mut libc::c_char,
-    libc::size_t,
-    *mut *mut E,
-) -> libc::c_int;
+/// The shape of `getpwnam_r`, `getpwuid_r` and `getgrnam_r`, by key type.
+type GetBy<K, E> =
+    unsafe extern "C" fn(K, *mut E, *mut libc::c_char, libc::size_t, *mut *mut E) -> libc::c_int;
 
-/// Looks `name` up with a reentrant `get*nam_r` function, growing its buffer while
-/// it reports `ERANGE`, and reads the answer with `read`.
-fn lookup<E, T>(name: &str, get: GetByName<E>, read: impl Fn(&E) -> T) -> io::Result<Option<T>> {
-    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+/// Looks `key` up with a reentrant `get*_r` function, growing its buffer while it
+/// reports `ERANGE`, and reads the answer with `read`. A key that is a pointer must
+/// point to a NUL-terminated string for the duration of the call.
+fn lookup<K: Copy, E, T>(
+    key: K,
+    get: GetBy<K, E>,
+    read: impl Fn(&E) -> T,
+) -> io::Result<Option<T>> {
     let mut buf = vec![0 as libc::c_char; 4096];
     loop {
         let mut entry = std::mem::MaybeUninit::<E>::uninit();
         let mut found: *mut E = std::ptr::null_mut();
-        // SAFETY: `name` is NUL-terminated, `entry` and `found` are writable, and
-        // `buf` is writable for its length; `get` writes nothing else.
+        // SAFETY: the key is a number or a live NUL-terminated string (callers'
+        // CStrings), `entry` and `found` are writable, and `buf` is writable for
+        // its length; `get` writes nothing else.
         let ret = unsafe {
             get(
-                name.as_ptr(),
+                key,
                 entry.as_mut_ptr(),
                 buf.as_mut_ptr(),
                 buf.len(),

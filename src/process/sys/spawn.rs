@@ -68,10 +68,48 @@ const SIGNALS: libc::c_int = 64;
 /// The child's own stack: the C library's `posix_spawn` uses about as much.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// The step of a spawn that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpawnStep {
+    /// Preparing, cloning, or setting up the child (group, cgroups, limits, stdio).
+    Setup,
+    /// Entering the working directory.
+    Chdir,
+    /// Taking the task's user and group.
+    Credentials,
+    /// `exec` of the program.
+    Exec,
+}
+
+impl SpawnStep {
+    const ALL: [SpawnStep; 4] = [
+        SpawnStep::Setup,
+        SpawnStep::Chdir,
+        SpawnStep::Credentials,
+        SpawnStep::Exec,
+    ];
+}
+
+/// A spawn that failed: at which step, and why.
+#[derive(Debug)]
+pub(crate) struct SpawnError {
+    pub(crate) step: SpawnStep,
+    pub(crate) error: io::Error,
+}
+
+impl SpawnError {
+    pub(crate) fn setup(error: io::Error) -> SpawnError {
+        SpawnError {
+            step: SpawnStep::Setup,
+            error,
+        }
+    }
+}
+
 /// Starts the program `plan` describes and returns its pid: an unreaped child of
-/// this process, leading a process group of its own. Fails with the `errno` of
-/// the step that failed (for example `ENOENT` or `EACCES` from `exec`).
-pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
+/// this process, leading a process group of its own. Fails with the step that
+/// failed and its `errno` (for example `ENOENT` or `EACCES` from `exec`).
+pub(crate) fn spawn(plan: &SpawnPlan) -> Result<libc::pid_t, SpawnError> {
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.env);
     let rlimits: Vec<_> = plan.rlimits.iter().map(rlimit_of).collect();
@@ -79,11 +117,11 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
     // Sources at 0, 1 or 2 (a host that closed its own) would be overwritten by the
     // child's first dup2 before it reads them.
     let stdio = [
-        above_stdio(&plan.stdio[0])?,
-        above_stdio(&plan.stdio[1])?,
-        above_stdio(&plan.stdio[2])?,
+        above_stdio(&plan.stdio[0]).map_err(SpawnError::setup)?,
+        above_stdio(&plan.stdio[1]).map_err(SpawnError::setup)?,
+        above_stdio(&plan.stdio[2]).map_err(SpawnError::setup)?,
     ];
-    let (error_read, error_write) = pipe()?;
+    let (error_read, error_write) = pipe().map_err(SpawnError::setup)?;
     let args = ChildArgs {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -105,7 +143,7 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
         error_fd: error_write.as_raw_fd(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
-    let blocked = block_all_signals()?;
+    let blocked = block_all_signals().map_err(SpawnError::setup)?;
     // The stack grows down from its (16-byte aligned) top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
     // SAFETY: `child` only reads `args` and calls async-signal-safe system calls;
@@ -122,14 +160,14 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
     };
     let cloned = check(pid.into());
     restore_signals(&blocked);
-    cloned?;
+    cloned.map_err(SpawnError::setup)?;
     drop(error_write);
-    match read_errno(&error_read) {
+    match read_failure(&error_read) {
         None => Ok(pid),
-        Some(errno) => {
+        Some(failure) => {
             // The child exited without executing: reap it here, it is ours.
             let _ = super::reap(pid);
-            Err(io::Error::from_raw_os_error(errno))
+            Err(failure)
         }
     }
 }
@@ -138,17 +176,19 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
 extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `spawn` passed a pointer to a live ChildArgs.
     let args = unsafe { &*(arg as *const ChildArgs) };
-    let errno = match set_up(args) {
+    let (step, errno) = match set_up(args) {
         Ok(()) => {
             // SAFETY: the pointers are NUL-terminated strings and null-terminated
             // arrays of them, prepared by `spawn`.
             unsafe { libc::execve(args.program, args.argv, args.envp) };
-            last_errno()
+            (SpawnStep::Exec, last_errno())
         }
-        Err(errno) => errno,
+        Err(failed) => failed,
     };
-    let bytes = errno.to_ne_bytes();
-    // SAFETY: writes four bytes from a live array to the error pipe, then exits
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(step as i32).to_ne_bytes());
+    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes eight bytes from a live array to the error pipe, then exits
     // without running anything of the parent's (no atexit handlers, no flushing).
     unsafe {
         libc::write(args.error_fd, bytes.as_ptr() as *const c_void, bytes.len());
@@ -156,8 +196,35 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     }
 }
 
-/// Every step before exec; the errno of the first that fails.
-fn set_up(args: &ChildArgs) -> Result<(), libc::c_int> {
+/// Every step before exec; the step that fails first, with its errno.
+fn set_up(args: &ChildArgs) -> Result<(), (SpawnStep, libc::c_int)> {
+    let at = |step| move |errno| (step, errno);
+    set_up_process(args).map_err(at(SpawnStep::Setup))?;
+    if !args.dir.is_null() {
+        // SAFETY: `dir` is a NUL-terminated string.
+        let entered = unsafe { libc::chdir(args.dir) };
+        syscall_ok(entered.into()).map_err(at(SpawnStep::Chdir))?;
+    }
+    if let Some((uid, gid)) = args.credentials {
+        set_credentials(uid, gid).map_err(at(SpawnStep::Credentials))?;
+    }
+    let empty: u64 = 0;
+    let none = std::ptr::null_mut::<u64>();
+    // SAFETY: an empty kernel signal set of 8 bytes, read by the kernel.
+    let unblocked = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            none,
+            8usize,
+        )
+    };
+    syscall_ok(unblocked).map_err(at(SpawnStep::Setup))
+}
+
+/// Signals, process group, cgroups, parent death, limits and stdio.
+fn set_up_process(args: &ChildArgs) -> Result<(), libc::c_int> {
     let zero = 0 as libc::c_long;
     // Handlers of the host must never run here, and ignored signals would be
     // inherited through exec: every signal back to its default.
@@ -176,9 +243,8 @@ fn set_up(args: &ChildArgs) -> Result<(), libc::c_int> {
     }
     if args.die_with_parent {
         // SAFETY: prctl with integer arguments.
-        syscall_ok(
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, zero, zero, zero) }.into(),
-        )?;
+        let asked = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, zero, zero, zero) };
+        syscall_ok(asked.into())?;
         // The parent may have died before the request was made.
         // SAFETY: getppid cannot fail.
         if unsafe { libc::getppid() } != args.parent {
@@ -195,31 +261,19 @@ fn set_up(args: &ChildArgs) -> Result<(), libc::c_int> {
         // SAFETY: dup2 takes integers; the source is open, and above 2.
         syscall_ok(unsafe { libc::dup2(source, target as libc::c_int) }.into())?;
     }
-    if !args.dir.is_null() {
-        // SAFETY: `dir` is a NUL-terminated string.
-        syscall_ok(unsafe { libc::chdir(args.dir) }.into())?;
-    }
-    if let Some((uid, gid)) = args.credentials {
-        // SAFETY: raw set-id system calls with integer arguments (see the module
-        // docs for why not the C library's wrappers).
-        unsafe {
-            syscall_ok(libc::syscall(libc::SYS_setgroups, zero, zero))?;
-            syscall_ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long))?;
-            syscall_ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long))?;
-        }
-    }
-    let empty: u64 = 0;
-    // SAFETY: an empty kernel signal set of 8 bytes, read by the kernel.
-    syscall_ok(unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            zero,
-            8usize,
-        )
-    })?;
     Ok(())
+}
+
+/// Drops supplementary groups, then takes `gid` and `uid`, with raw system calls
+/// (see the module docs for why not the C library's wrappers).
+fn set_credentials(uid: u32, gid: u32) -> Result<(), libc::c_int> {
+    let zero = 0 as libc::c_long;
+    // SAFETY: set-id system calls with integer arguments and no memory.
+    unsafe {
+        syscall_ok(libc::syscall(libc::SYS_setgroups, zero, zero))?;
+        syscall_ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long))?;
+        syscall_ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long))
+    }
 }
 
 /// Sets `signal`'s disposition to `SIG_DFL` with the raw system call: the C
@@ -284,19 +338,29 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     })
 }
 
-/// The errno a failed child wrote, or `None` once the pipe closed empty (exec
+/// What a failed child wrote, or `None` once the pipe closed empty (exec
 /// succeeded and closed the child's end).
-fn read_errno(pipe: &OwnedFd) -> Option<libc::c_int> {
-    let mut bytes = [0u8; 4];
+fn read_failure(pipe: &OwnedFd) -> Option<SpawnError> {
+    let mut bytes = [0u8; 8];
     loop {
-        // SAFETY: reads at most four bytes into a live array.
-        let n = unsafe { libc::read(pipe.as_raw_fd(), bytes.as_mut_ptr() as *mut c_void, 4) };
+        // SAFETY: reads at most eight bytes into a live array.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), bytes.as_mut_ptr() as *mut c_void, 8) };
         match n {
-            4 => return Some(libc::c_int::from_ne_bytes(bytes)),
+            8 => break,
             -1 if last_errno() == libc::EINTR => continue,
             _ => return None,
         }
     }
+    let word =
+        |at: usize| i32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let step = SpawnStep::ALL
+        .into_iter()
+        .find(|s| *s as i32 == word(0))
+        .unwrap_or(SpawnStep::Setup);
+    Some(SpawnError {
+        step,
+        error: io::Error::from_raw_os_error(word(4)),
+    })
 }
 
 /// Blocks every signal in this thread (the C library's internal ones too, hence the
