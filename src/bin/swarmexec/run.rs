@@ -1,0 +1,259 @@
+//! `swarmexec run`: one task on a process executor, driven by a task manager.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, unbounded, Receiver};
+use swarmexec::agent::TaskManager;
+use swarmexec::api::*;
+use swarmexec::process::{login_environment, ProcessController, ProcessExecutor, StartFailure};
+use swarmexec::{CancelToken, ConfigsProvider, Controller, SecretsProvider};
+
+use crate::args::RunOptions;
+use crate::signals::{self, Request};
+use crate::{fail, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_OWN_FAILURE};
+
+/// Where runs keep their task files unless told: memory-backed where the host has
+/// such a place, so that secrets stay off disk, and the same for every run of a
+/// user, so that a run cleans up after one that was killed.
+pub(crate) fn default_state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    if uid == 0 {
+        return PathBuf::from("/run/swarmexec");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(runtime) if !runtime.is_empty() => PathBuf::from(runtime).join("swarmexec"),
+        _ => std::env::temp_dir().join(format!("swarmexec-{uid}")),
+    }
+}
+
+pub(crate) fn run(options: RunOptions) -> ExitCode {
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let signals = match signals::watch() {
+        Ok(signals) => signals,
+        Err(e) => return fail(&format!("cannot watch signals: {e}")),
+    };
+    let state_dir = options.state_dir.clone().unwrap_or_else(default_state_dir);
+    let executor = match ProcessExecutor::new(&state_dir) {
+        Ok(executor) => executor,
+        Err(e) => return fail(&e),
+    };
+    let task = match build_task(&options, &executor) {
+        Ok(task) => task,
+        Err(e) => return fail(&e),
+    };
+    let controller = match executor.process_controller(&task) {
+        Ok(controller) => Arc::new(controller),
+        Err(e) => return fail(&e),
+    };
+    let (reports, statuses) = unbounded();
+    let manager = TaskManager::new(
+        task.clone(),
+        Arc::clone(&controller) as Arc<dyn Controller>,
+        reports,
+    );
+    let run = Run {
+        task,
+        manager: &manager,
+        controller: &controller,
+        quiet: options.quiet,
+        started: Instant::now(),
+    };
+    let code = run.follow(&statuses, &signals);
+    manager.close();
+    // Ended: this deletes the task's files (secrets first) and its cgroup.
+    if let Err(e) = controller.remove(&CancelToken::new()) {
+        eprintln!("swarmexec: removing the task: {e}");
+    }
+    let _ = controller.close();
+    code
+}
+
+/// The task `options` describe, its secrets and configs put into `executor`.
+fn build_task(options: &RunOptions, executor: &ProcessExecutor) -> Result<Task, String> {
+    let mut spec = options.spec.clone();
+    // The login variables of the user it runs as, before --env, which may override.
+    let login = login_environment(spec.user.as_deref()).map_err(|e| e.to_string())?;
+    let login = login.into_iter().map(|(k, v)| format!("{k}={v}"));
+    spec.env.splice(1..1, login);
+    let read = |(name, path): &(String, PathBuf)| {
+        std::fs::read(path)
+            .map(|data| (name.clone(), data))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    for (name, data) in options
+        .secrets
+        .iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?
+    {
+        spec.secrets.push(SecretReference {
+            secret_id: name.clone(),
+            secret_name: name.clone(),
+            target: name.clone(),
+            mode: None,
+        });
+        let secret = Secret {
+            id: name,
+            data,
+            ..Default::default()
+        };
+        executor.secrets().add(vec![secret]);
+    }
+    for (name, data) in options
+        .configs
+        .iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?
+    {
+        spec.configs.push(ConfigReference {
+            config_id: name.clone(),
+            config_name: name.clone(),
+            target: name.clone(),
+            mode: None,
+        });
+        let config = Config {
+            id: name,
+            data,
+            ..Default::default()
+        };
+        executor.configs().add(vec![config]);
+    }
+    let limits = options.limits;
+    let mut task = Task {
+        // Unique among the runs alive: runs may share a state directory.
+        id: format!("run-{}", std::process::id()),
+        desired_state: TaskState::Running,
+        spec: TaskSpec {
+            runtime: Some(Runtime::Process(spec)),
+            resources: (limits != Limits::default()).then_some(ResourceRequirements {
+                limits: Some(limits),
+                reservations: None,
+            }),
+        },
+        ..Default::default()
+    };
+    task.status.state = TaskState::Assigned;
+    Ok(task)
+}
+
+/// One run in progress.
+struct Run<'a> {
+    task: Task,
+    manager: &'a TaskManager,
+    controller: &'a ProcessController,
+    quiet: bool,
+    started: Instant,
+}
+
+impl Run<'_> {
+    /// Prints the transitions and acts on signals until the task ends; returns the
+    /// command's exit code.
+    fn follow(
+        &self,
+        statuses: &Receiver<(String, TaskStatus)>,
+        signals: &Receiver<Request>,
+    ) -> ExitCode {
+        let mut last_state = None;
+        let mut stopping = false;
+        loop {
+            select! {
+                recv(statuses) -> report => {
+                    let Ok((_, status)) = report else {
+                        return fail(&"the task manager stopped reporting");
+                    };
+                    if status.state.is_terminal() {
+                        return self.finish(&status);
+                    }
+                    if last_state != Some(status.state) && !self.quiet {
+                        eprintln!("{}", self.line(&status, None));
+                    }
+                    last_state = Some(status.state);
+                }
+                recv(signals) -> request => match request {
+                    Ok(Request::Stop) if stopping => {
+                        // A second one: no more grace.
+                        if let Err(e) = self.controller.terminate(&CancelToken::new()) {
+                            eprintln!("swarmexec: cannot kill the program: {e}");
+                        }
+                    }
+                    Ok(Request::Stop) => {
+                        stopping = true;
+                        let stop = Task { desired_state: TaskState::Shutdown, ..self.task.clone() };
+                        if let Err(e) = self.manager.update(&stop) {
+                            eprintln!("swarmexec: cannot stop the task: {e}");
+                        }
+                    }
+                    Ok(Request::Forward(signal)) => {
+                        // Before the program starts or after it ends there is no one to tell.
+                        let _ = self.controller.signal(signal);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// The final line (always, unless quiet; then only swarmexec's own errors) and
+    /// the exit code.
+    fn finish(&self, status: &TaskStatus) -> ExitCode {
+        let ran = status.container.as_ref().is_some_and(|c| c.pid != 0);
+        let code = match self.controller.start_failure() {
+            Some(StartFailure::NotFound) => EXIT_NOT_FOUND,
+            Some(StartFailure::CannotExecute) => EXIT_CANNOT_EXECUTE,
+            None if ran => {
+                let exit = status.container.as_ref().map_or(0, |c| c.exit_code);
+                u8::try_from(exit).unwrap_or(EXIT_OWN_FAILURE)
+            }
+            None if status.state == TaskState::Completed => 0,
+            None => EXIT_OWN_FAILURE,
+        };
+        if !self.quiet {
+            let details = ran.then(|| (code, self.controller.usage()));
+            eprintln!("{}", self.line(status, details));
+        } else if !ran && !status.err.is_empty() {
+            eprintln!("swarmexec: {}", status.err);
+        }
+        ExitCode::from(code)
+    }
+
+    /// `[   0.012s] RUNNING   started`; a final line adds the exit code and what
+    /// the program used, and any error.
+    fn line(&self, status: &TaskStatus, ended: Option<(u8, Option<ResourceUsage>)>) -> String {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let mut line = format!("[{elapsed:8.3}s] {:<9} {}", status.state, status.message);
+        let mut details = Vec::new();
+        if let Some((code, usage)) = ended {
+            details.push(format!("exit {code}"));
+            details.extend(usage.as_ref().and_then(describe_usage));
+        }
+        if !status.err.is_empty() {
+            details.push(format!("error: {}", status.err));
+        }
+        if !details.is_empty() {
+            line.push_str(&format!(" ({})", details.join("; ")));
+        }
+        line
+    }
+}
+
+/// `1.2 s CPU, 35 MiB peak`, with what is known.
+fn describe_usage(usage: &ResourceUsage) -> Option<String> {
+    let cpu = usage.cpu.map(|cpu| match cpu {
+        cpu if cpu < Duration::from_secs(1) => format!("{} ms CPU", cpu.as_millis()),
+        cpu => format!("{:.1} s CPU", cpu.as_secs_f64()),
+    });
+    let peak = usage.memory_peak_bytes.map(|bytes| {
+        let mib = bytes as f64 / (1024.0 * 1024.0);
+        if mib < 10.0 {
+            format!("{mib:.1} MiB peak")
+        } else {
+            format!("{mib:.0} MiB peak")
+        }
+    });
+    let parts: Vec<String> = cpu.into_iter().chain(peak).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
