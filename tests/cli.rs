@@ -327,3 +327,274 @@ fn a_task_starts_with_every_signal_at_its_default_whatever_its_host_ignores() {
     }
     assert_eq!(masks.lines().count(), 2, "{masks}");
 }
+
+/// Runs `swarmexec run -q` with `args` in a shell pipeline, `stdout` piped
+/// through `after` (say `| cmp - file`), and returns the shell's output.
+fn pipeline(run_args: &str, after: &str) -> Output {
+    let script = format!("{BIN} run -q {run_args} {after}");
+    Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_million_lines_pass_through_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected");
+    let direct = Command::new("seq").args(["1", "1000000"]).output().unwrap();
+    fs::write(&expected, &direct.stdout).unwrap();
+    let out = pipeline(
+        "-- seq 1 1000000",
+        &format!("| cmp - {}", expected.display()),
+    );
+    assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn two_hundred_megabytes_arrive_whole() {
+    let out = pipeline("-- sh -c 'yes | head -c 200000000'", "| wc -c");
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "200000000");
+}
+
+#[test]
+fn a_closed_pipe_ends_the_program_as_in_a_shell() {
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("{BIN} run -q -- yes | head -1; echo ${{PIPESTATUS[0]}}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(text(&out.stdout), "y\n141\n");
+}
+
+#[test]
+fn stdin_reaches_the_program_only_with_interactive() {
+    let run = |flag: &[&str]| {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("-q")
+            .args(flag)
+            .args(["--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+        text(&child.wait_with_output().unwrap().stdout)
+    };
+    assert_eq!(run(&["-i"]), "hello\n");
+    assert_eq!(run(&[]), "", "stdin is /dev/null without -i");
+}
+
+#[test]
+fn concurrent_runs_on_one_state_dir_each_see_their_own_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let runs: Vec<_> = (0..2)
+        .map(|i| {
+            let secret = dir.path().join(format!("secret-{i}"));
+            fs::write(&secret, format!("secret {i}")).unwrap();
+            Command::new(BIN)
+                .args(["run", "-q", "--state-dir"])
+                .arg(&state)
+                .arg("--secret")
+                .arg(format!("s={}", secret.display()))
+                .args([
+                    "--",
+                    "sh",
+                    "-c",
+                    "sleep 0.3; cat \"$SWARMEXEC_SECRETS_DIR/s\"",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0);
+        assert_eq!(text(&out.stdout), format!("secret {i}"));
+    }
+    let left: Vec<_> = fs::read_dir(&state).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn exit_codes_and_messages_name_the_real_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_interpreter = dir.path().join("script");
+    fs::write(&missing_interpreter, "#!/no/such/interpreter\n").unwrap();
+    fs::set_permissions(&missing_interpreter, fs::Permissions::from_mode(0o755)).unwrap();
+    let not_executable = dir.path().join("data");
+    fs::write(&not_executable, "not a program").unwrap();
+    fs::set_permissions(&not_executable, fs::Permissions::from_mode(0o644)).unwrap();
+    let bad_format = dir.path().join("garbage");
+    fs::write(&bad_format, [0u8, 1, 2, 3]).unwrap();
+    fs::set_permissions(&bad_format, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let mut cases = vec![
+        (
+            vec!["no-such-program-anywhere".to_owned()],
+            127,
+            "not found",
+        ),
+        (vec![path(&missing_interpreter)], 127, "interpreter"),
+        (vec![path(&not_executable)], 126, "not executable"),
+        (vec![path(&bad_format)], 126, "not executable"),
+    ];
+    if unsafe_free_is_root() {
+        let private = dir.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let dir_arg = format!("--dir={}", path(&private));
+        cases.push((
+            vec!["--user=nobody".into(), dir_arg, "--".into(), "pwd".into()],
+            126,
+            "working directory",
+        ));
+        let owned = dir.path().join("owned");
+        fs::write(&owned, "#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(&owned, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        cases.push((
+            vec!["--user=nobody".into(), "--".into(), path(&owned)],
+            126,
+            "not executable",
+        ));
+    }
+    for (args, expected, says) in cases {
+        let mut all = vec!["run".to_owned(), "-q".to_owned()];
+        if !args.contains(&"--".to_owned()) {
+            all.push("--".into());
+        }
+        all.extend(args.iter().cloned());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = swarmexec(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(code(&out), expected, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn sighup_stops_gracefully_and_sigusr1_reaches_the_program() {
+    let (mut child, mut stdout) = start_until_ready(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo usr1' USR1; trap 'echo bye; exit 7' HUP TERM; echo ready; \
+         while :; do sleep 0.05; done",
+    ]);
+    send(&child, "-USR1");
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "usr1\n");
+    send(&child, "-HUP");
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    assert_eq!(out.status.code(), Some(7), "the program's own status");
+}
+
+#[test]
+fn the_final_line_shows_the_exit_code_even_after_a_forced_kill() {
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--stop-grace",
+            "20s",
+            "--",
+            "sh",
+            "-c",
+            "trap '' INT TERM; echo ready; sleep 30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    send(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(100));
+    send(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137));
+    let stderr = text(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("SHUTDOWN") && last.contains("(exit 137"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn quiet_hides_transitions_but_not_errors() {
+    let out = swarmexec(&["run", "-q", "--", "no-such-program-anywhere"]);
+    assert_eq!(code(&out), 127);
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "swarmexec: program not found: no-such-program-anywhere"
+    );
+}
+
+#[test]
+fn the_program_is_found_on_the_callers_path_with_a_login_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("my-tool");
+    fs::write(&tool, "#!/bin/sh\nenv | sort\n").unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "-q",
+            "--env",
+            "GREETING=hi",
+            "--env",
+            "PASSED",
+            "--env",
+            "UNSET_ANYWHERE",
+            "--",
+            "my-tool",
+        ])
+        .env("PATH", &path)
+        .env("PASSED", "from the caller")
+        .env("SECRET_OF_THE_CALLER", "x")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let env = text(&out.stdout);
+    let keys: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for key in [
+        "GREETING",
+        "HOME",
+        "LOGNAME",
+        "PASSED",
+        "PATH",
+        "SWARMEXEC_TASK_ID",
+        "USER",
+    ] {
+        assert!(keys.contains(&key), "{key} missing: {env}");
+    }
+    assert!(env.contains("PASSED=from the caller\n"));
+    assert!(env.contains(&format!("PATH={path}\n")));
+    assert!(!env.contains("SECRET_OF_THE_CALLER"), "{env}");
+    assert!(!env.contains("UNSET_ANYWHERE"), "{env}");
+}

@@ -200,13 +200,14 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
 fn set_up(args: &ChildArgs) -> Result<(), (SpawnStep, libc::c_int)> {
     let at = |step| move |errno| (step, errno);
     set_up_process(args).map_err(at(SpawnStep::Setup))?;
+    if let Some((uid, gid)) = args.credentials {
+        set_credentials(uid, gid).map_err(at(SpawnStep::Credentials))?;
+    }
+    // As the task's user, so that the directory's permissions apply to it.
     if !args.dir.is_null() {
         // SAFETY: `dir` is a NUL-terminated string.
         let entered = unsafe { libc::chdir(args.dir) };
         syscall_ok(entered.into()).map_err(at(SpawnStep::Chdir))?;
-    }
-    if let Some((uid, gid)) = args.credentials {
-        set_credentials(uid, gid).map_err(at(SpawnStep::Credentials))?;
     }
     let empty: u64 = 0;
     let none = std::ptr::null_mut::<u64>();
