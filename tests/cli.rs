@@ -488,7 +488,7 @@ fn exit_codes_and_messages_name_the_real_cause() {
 
 #[test]
 fn sighup_stops_gracefully_and_sigusr1_reaches_the_program() {
-    let (mut child, mut stdout) = start_until_ready(&[
+    let (child, mut stdout) = start_until_ready(&[
         "run",
         "--",
         "sh",
