@@ -580,7 +580,13 @@ impl ContainerStatuser for ProcessController {
 }
 
 impl ControllerLogs for ProcessController {
-    /// Publishes captured output; nothing before the program was started.
+    /// Publishes captured output (nothing before the program was started, nor of a
+    /// stream that is not captured): the lines held, a message each, then, when
+    /// following, new output in batches (consecutive lines of a stream in one
+    /// message). Nothing is lost silently: output waits a moment for a follower
+    /// that lags; one that stops reading for longer gets, where the gap is, a
+    /// message with no data whose [`MISSED_BYTES`](super::MISSED_BYTES) attribute
+    /// says how many bytes of that stream it missed.
     fn logs(
         &self,
         cancel: &CancelToken,

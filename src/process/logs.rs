@@ -1,7 +1,17 @@
 //! The bounded buffer of a process's captured output, and its subscriptions.
+//!
+//! Nothing is lost silently. A follower that keeps up gets every byte, in order,
+//! in batches (consecutive lines of one stream in one message, up to
+//! [`MAX_BATCH`] bytes): while a follower has not taken all there is, the reaper
+//! stops reading the program's pipe, for up to [`LAG_GRACE`], and reads no more
+//! at once than the buffer holds, so that a moment's delay costs the program a
+//! pause, not its output. A follower
+//! that stops reading for longer than that misses what the buffer dropped, and
+//! gets, where the gap is, a message of the stream concerned with no data whose
+//! [`MISSED_BYTES`] attribute says exactly how many bytes of it were missed.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
@@ -15,6 +25,16 @@ const MAX_LINE: usize = 16 * 1024;
 /// What each line costs beside its bytes, so that many tiny lines stay bounded too.
 const LINE_OVERHEAD: usize = 64;
 
+/// The most bytes one message of a follow carries.
+pub(crate) const MAX_BATCH: usize = 64 * 1024;
+
+/// How long output waits for a follower that has not read what would be dropped.
+pub(crate) const LAG_GRACE: Duration = Duration::from_millis(250);
+
+/// The attribute of a gap's message: how many bytes of its stream the follower
+/// missed.
+pub const MISSED_BYTES: &str = "swarmexec.missed_bytes";
+
 /// Output lines, oldest first, bounded in bytes: once full, the oldest lines go.
 pub(crate) struct LogBuffer {
     state: Mutex<State>,
@@ -24,18 +44,25 @@ struct State {
     lines: VecDeque<Line>,
     /// The sequence number of `lines[0]`.
     first_seq: u64,
+    /// Bytes ever pushed, per stream: where its next line starts.
+    end_byte: [u64; 2],
     bytes: usize,
     capacity: usize,
     /// Unterminated tails of stdout and stderr.
     partial: [Vec<u8>; 2],
     /// No more output will come: followers stop once they have read everything.
     finished: bool,
-    followers: Vec<Sender<()>>,
+    followers: Vec<Follower>,
+    next_follower: u64,
+    /// Since when output has been held back for a lagging follower.
+    held_since: Option<Instant>,
 }
 
 struct Line {
     stream: LogStream,
     time: SystemTime,
+    /// Where the line starts among all bytes ever pushed to its stream.
+    start: u64,
     data: Vec<u8>,
 }
 
@@ -43,6 +70,15 @@ impl Line {
     fn cost(&self) -> usize {
         self.data.len() + LINE_OVERHEAD
     }
+}
+
+/// A follow in progress: how to wake it, and how far it has read.
+struct Follower {
+    id: u64,
+    wake: Sender<()>,
+    next_seq: u64,
+    /// How far it has read each stream, in bytes.
+    next_byte: [u64; 2],
 }
 
 fn slot(stream: LogStream) -> usize {
@@ -55,13 +91,41 @@ impl LogBuffer {
             state: Mutex::new(State {
                 lines: VecDeque::new(),
                 first_seq: 0,
+                end_byte: [0; 2],
                 bytes: 0,
                 capacity,
                 partial: [Vec::new(), Vec::new()],
                 finished: false,
                 followers: Vec::new(),
+                next_follower: 0,
+                held_since: None,
             }),
         }
+    }
+
+    /// True when more output may be appended now; false while a follower has not
+    /// yet taken all there is, for up to [`LAG_GRACE`].
+    pub(crate) fn accepts_output(&self) -> bool {
+        let mut state = self.state.lock();
+        let end = state.end_seq();
+        let lagging = state.followers.iter().any(|f| f.next_seq < end);
+        if !lagging {
+            state.held_since = None;
+            return true;
+        }
+        let since = *state.held_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= LAG_GRACE
+    }
+
+    /// The most bytes to read at once: while someone follows, no more than an
+    /// empty buffer holds even as one-byte lines, so that one read never drops
+    /// what a follower has not seen.
+    pub(crate) fn read_limit(&self, buffer: usize) -> usize {
+        let state = self.state.lock();
+        if state.followers.is_empty() {
+            return buffer;
+        }
+        (state.capacity / (LINE_OVERHEAD + 1)).clamp(1, buffer)
     }
 
     /// Appends output read from `stream`, completing lines at each newline and
@@ -84,11 +148,7 @@ impl LogBuffer {
             bytes = &bytes[take..];
             if complete {
                 let data = std::mem::take(partial);
-                state.push(Line {
-                    stream,
-                    time: now,
-                    data,
-                });
+                state.push(stream, now, data);
             }
         }
         state.wake_followers();
@@ -102,11 +162,7 @@ impl LogBuffer {
         for stream in [LogStream::Stdout, LogStream::Stderr] {
             let data = std::mem::take(&mut state.partial[slot(stream)]);
             if !data.is_empty() {
-                state.push(Line {
-                    stream,
-                    time: now,
-                    data,
-                });
+                state.push(stream, now, data);
             }
         }
         state.finished = true;
@@ -120,8 +176,9 @@ impl LogBuffer {
         state.lines.iter().map(|l| l.data.len()).sum()
     }
 
-    /// Publishes the lines `options` selects, then, when following, new lines until
-    /// the output is finished or `cancel` is done.
+    /// Publishes the lines `options` selects, one message a line, then, when
+    /// following, new output in batches until the output is finished or `cancel`
+    /// is done.
     pub(crate) fn publish(
         &self,
         cancel: &CancelToken,
@@ -130,7 +187,7 @@ impl LogBuffer {
         context: &LogContext,
     ) -> Result<(), Error> {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        let (backlog, mut next_seq, finished) = {
+        let (backlog, follower, finished) = {
             let mut state = self.state.lock();
             let mut seqs: Vec<u64> = state
                 .seqs()
@@ -140,38 +197,48 @@ impl LogBuffer {
                 let keep = usize::try_from(tail).unwrap_or(usize::MAX);
                 seqs.drain(..seqs.len().saturating_sub(keep));
             }
-            if options.follow {
-                state.followers.push(wake_tx);
-            }
             let messages: Vec<LogMessage> = seqs
                 .into_iter()
-                .map(|seq| state.message(seq, context))
+                .map(|seq| state.line(seq).message(context))
                 .collect();
-            (messages, state.end_seq(), state.finished)
+            let follower = options.follow.then(|| state.follow(wake_tx));
+            (messages, follower, state.finished)
         };
+        let Some(id) = follower else {
+            return publish_all(cancel, publisher, backlog);
+        };
+        let _following = Following { buffer: self, id };
         publish_all(cancel, publisher, backlog)?;
-        if !options.follow || finished {
+        if finished {
             return Ok(());
         }
         loop {
-            if !wait_for_news(cancel, &wake_rx) {
-                return Ok(());
-            }
-            let (news, finished) = {
-                let state = self.state.lock();
-                let from = next_seq.max(state.first_seq);
-                let news: Vec<LogMessage> = (from..state.end_seq())
-                    .filter(|&seq| state.selected(seq, options))
-                    .map(|seq| state.message(seq, context))
-                    .collect();
-                next_seq = state.end_seq();
-                (news, state.finished)
-            };
+            let (news, finished) = self.state.lock().news(id, options, context);
             publish_all(cancel, publisher, news)?;
             if finished {
                 return Ok(());
             }
+            if !wait_for_news(cancel, &wake_rx) {
+                return Ok(());
+            }
         }
+    }
+}
+
+/// A follow registered with the buffer; unregistered when dropped, so that a
+/// subscription that ends (or fails) never holds output back.
+struct Following<'a> {
+    buffer: &'a LogBuffer,
+    id: u64,
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.buffer
+            .state
+            .lock()
+            .followers
+            .retain(|f| f.id != self.id);
     }
 }
 
@@ -195,7 +262,14 @@ fn publish_all(
 }
 
 impl State {
-    fn push(&mut self, line: Line) {
+    fn push(&mut self, stream: LogStream, time: SystemTime, data: Vec<u8>) {
+        let line = Line {
+            stream,
+            time,
+            start: self.end_byte[slot(stream)],
+            data,
+        };
+        self.end_byte[slot(stream)] += line.data.len() as u64;
         self.bytes += line.cost();
         self.lines.push_back(line);
         while self.bytes > self.capacity && self.lines.len() > 1 {
@@ -223,25 +297,99 @@ impl State {
         options.wants(line.stream) && options.since.is_none_or(|since| line.time >= since)
     }
 
-    fn message(&self, seq: u64, context: &LogContext) -> LogMessage {
-        let line = self.line(seq);
+    /// Registers a follower that reads from now on; returns its id.
+    fn follow(&mut self, wake: Sender<()>) -> u64 {
+        let id = self.next_follower;
+        self.next_follower += 1;
+        self.followers.push(Follower {
+            id,
+            wake,
+            next_seq: self.end_seq(),
+            next_byte: self.end_byte,
+        });
+        id
+    }
+
+    /// What follower `id` has not read: a gap's record first where lines it had
+    /// not read were dropped, then batches; and whether the output is finished.
+    fn news(
+        &mut self,
+        id: u64,
+        options: &LogSubscriptionOptions,
+        context: &LogContext,
+    ) -> (Vec<LogMessage>, bool) {
+        let Some(follower) = self.followers.iter().find(|f| f.id == id) else {
+            return (Vec::new(), true);
+        };
+        let (from, read) = (follower.next_seq, follower.next_byte);
+        let mut news = Vec::new();
+        if from < self.first_seq {
+            for stream in [LogStream::Stdout, LogStream::Stderr] {
+                let missed = self.first_kept_byte(stream) - read[slot(stream)];
+                if missed > 0 && options.wants(stream) {
+                    news.push(gap(context, stream, missed));
+                }
+            }
+        }
+        let mut batch: Option<LogMessage> = None;
+        for seq in from.max(self.first_seq)..self.end_seq() {
+            if !self.selected(seq, options) {
+                continue;
+            }
+            let line = self.line(seq);
+            match &mut batch {
+                Some(b)
+                    if b.stream == line.stream && b.data.len() + line.data.len() <= MAX_BATCH =>
+                {
+                    b.data.extend_from_slice(&line.data)
+                }
+                _ => news.extend(batch.replace(line.message(context))),
+            }
+        }
+        news.extend(batch);
+        let (end_seq, end_byte) = (self.end_seq(), self.end_byte);
+        if let Some(follower) = self.followers.iter_mut().find(|f| f.id == id) {
+            follower.next_seq = end_seq;
+            follower.next_byte = end_byte;
+        }
+        (news, self.finished)
+    }
+
+    /// Where the oldest line of `stream` still held starts, in its stream's bytes:
+    /// everything before it has been dropped.
+    fn first_kept_byte(&self, stream: LogStream) -> u64 {
+        let kept = self.lines.iter().find(|l| l.stream == stream);
+        kept.map_or(self.end_byte[slot(stream)], |line| line.start)
+    }
+
+    fn wake_followers(&self) {
+        for follower in &self.followers {
+            // A full channel already holds a wake-up.
+            let _ = follower.wake.try_send(());
+        }
+    }
+}
+
+impl Line {
+    fn message(&self, context: &LogContext) -> LogMessage {
         LogMessage {
             context: context.clone(),
-            timestamp: Some(line.time),
-            stream: line.stream,
-            data: line.data.clone(),
+            timestamp: Some(self.time),
+            stream: self.stream,
+            data: self.data.clone(),
             attrs: Vec::new(),
         }
     }
+}
 
-    /// Wakes every follower; those that have gone away are forgotten.
-    fn wake_followers(&mut self) {
-        self.followers.retain(|f| {
-            !matches!(
-                f.try_send(()),
-                Err(crossbeam_channel::TrySendError::Disconnected(_))
-            )
-        });
+/// The record of a gap in `stream`: no data, and how many bytes are missing.
+fn gap(context: &LogContext, stream: LogStream, bytes: u64) -> LogMessage {
+    LogMessage {
+        context: context.clone(),
+        timestamp: Some(SystemTime::now()),
+        stream,
+        data: Vec::new(),
+        attrs: vec![(MISSED_BYTES.to_owned(), bytes.to_string())],
     }
 }
 

@@ -97,6 +97,7 @@ pub use cgroup::Containment;
 use cgroup::{Cgroups, Owner};
 use controller::{Environment, ExecutorCgroups};
 pub use controller::{ProcessController, StartFailure};
+pub use logs::MISSED_BYTES;
 use supervisor::Supervisor;
 
 use crate::api::{EncryptionKey, Node, NodeDescription, Platform, Resources, Runtime, Task};

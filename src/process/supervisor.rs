@@ -53,6 +53,9 @@ const DRAIN_READS: usize = 64;
 /// process exited, before it gives up on it (and logs it).
 const EMPTYING_LIMIT: Duration = Duration::from_secs(10);
 
+/// How often output held back for a lagging follower is looked at again.
+const HELD_BACK_POLL_MS: libc::c_int = 2;
+
 /// How often a cgroup being emptied is looked at.
 const EMPTYING_POLL_MS: libc::c_int = 1;
 
@@ -431,6 +434,7 @@ impl Reaper {
             sources.push(Source::Wake);
             let mut asking = false;
             let mut emptying = false;
+            let mut held_back = false;
             for (i, w) in self.watched.iter().enumerate() {
                 emptying |= w.emptying();
                 match (&w.pidfd, w.exited) {
@@ -440,6 +444,13 @@ impl Reaper {
                     }
                     (None, None) => asking = true,
                     _ => {}
+                }
+                // A follower that has not read what would be dropped next holds the
+                // program's output back a moment (the program then waits on its pipe).
+                let has_pipes = w.stdout.is_some() || w.stderr.is_some();
+                if has_pipes && !w.process.logs.accepts_output() {
+                    held_back = true;
+                    continue;
                 }
                 for (pipe, stream) in [
                     (&w.stdout, LogStream::Stdout),
@@ -451,10 +462,11 @@ impl Reaper {
                     }
                 }
             }
-            let timeout = match (emptying, asking) {
-                (true, _) => EMPTYING_POLL_MS,
-                (false, true) => EXIT_POLL_MS,
-                (false, false) => -1,
+            let timeout = match (emptying, held_back, asking) {
+                (true, _, _) => EMPTYING_POLL_MS,
+                (false, true, _) => HELD_BACK_POLL_MS,
+                (false, false, true) => EXIT_POLL_MS,
+                (false, false, false) => -1,
             };
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!(target: "swarmexec", "reaper cannot poll: {e}");
@@ -635,7 +647,8 @@ impl Reaper {
             &mut w.stderr
         };
         let Some(file) = pipe else { return };
-        match file.read(&mut self.buf) {
+        let limit = w.process.logs.read_limit(self.buf.len());
+        match file.read(&mut self.buf[..limit]) {
             Ok(n) if n > 0 => w.process.logs.append(stream, &self.buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             _ => {
