@@ -371,11 +371,7 @@ fn the_executor_says_what_it_enforces() {
     let (executor, _dir) = fixture();
     let containment = executor.containment();
     if contained(&executor) {
-        assert!(!containment.cgroups.is_empty());
-        assert!(
-            containment.cgroups.iter().all(|c| c.exists()),
-            "{containment:?}"
-        );
+        assert!(containment.cgroups[0].exists(), "{containment:?}");
     } else {
         assert!(containment.cgroups.is_empty());
         assert!(!containment.memory_limit && !containment.pids_limit && !containment.cpu_limit);

@@ -34,6 +34,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::api::{Limits, ResourceUsage};
@@ -202,24 +203,45 @@ pub struct Containment {
     pub pids_limit: bool,
     /// CPU limits can be enforced (`nano_cpus`).
     pub cpu_limit: bool,
-    /// Where the executor's cgroups are, one per hierarchy used.
+    /// Where the executor's cgroups are, one per hierarchy it uses, containment
+    /// first; those for limits are made when a task first needs them.
     pub cgroups: Vec<PathBuf>,
 }
 
-/// A parent cgroup of one executor in one hierarchy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parent cgroup of one executor in one hierarchy, made on first use.
+#[derive(Debug)]
 struct Place {
     dir: PathBuf,
     v2: bool,
+    /// Whether making it worked, once it was tried.
+    made: OnceLock<Result<(), String>>,
+}
+
+impl Place {
+    /// Makes the directory unless it was made; fails (for good) if it could not be.
+    fn make(&self) -> Result<(), Error> {
+        let made = self.made.get_or_init(|| {
+            // Another executor may remove the base between our making it and the
+            // owner's directory: try again once.
+            fs::create_dir_all(&self.dir)
+                .or_else(|_| fs::create_dir_all(&self.dir))
+                .map_err(|e| format!("cannot create cgroup {}: {e}", self.dir.display()))
+        });
+        made.clone().map_err(Error::InvalidSpec)
+    }
+
+    fn was_made(&self) -> bool {
+        matches!(self.made.get(), Some(Ok(())))
+    }
 }
 
 /// An executor's cgroups: the parent it made in each hierarchy it uses.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
-    containment: Option<Place>,
-    memory: Option<Place>,
-    pids: Option<Place>,
-    cpu: Option<Place>,
+    containment: Option<Arc<Place>>,
+    memory: Option<Arc<Place>>,
+    pids: Option<Arc<Place>>,
+    cpu: Option<Arc<Place>>,
 }
 
 impl Cgroups {
@@ -234,25 +256,24 @@ impl Cgroups {
             .as_ref()
             .map(|v2| v2_available_controllers(v2, parent))
             .unwrap_or_default();
-        let place = |hierarchy: &Option<Hierarchy>| -> Option<Place> {
+        // Made at once for containment, which every task needs; for a limit, when
+        // a task first has one (on a hybrid host each is a directory more).
+        let place = |hierarchy: &Option<Hierarchy>| -> Option<Arc<Place>> {
             let hierarchy = hierarchy.as_ref()?;
             let base = base_dir(hierarchy, parent, !v2_controllers.is_empty());
             clean_dead_owners(&base);
-            let dir = base.join(owner.to_string());
-            // Another executor may remove the base between our making it and the
-            // owner's directory: try again once.
-            match fs::create_dir_all(&dir).or_else(|_| fs::create_dir_all(&dir)) {
-                Ok(()) => Some(Place {
-                    dir,
-                    v2: hierarchy.v2,
-                }),
-                Err(e) => {
-                    log::debug!(target: "swarmexec", "cgroups under {} unusable: {e}", base.display());
-                    None
-                }
+            if !super::sys::may_create_in(&base) {
+                log::debug!(target: "swarmexec", "no permission for cgroups under {}", base.display());
+                return None;
             }
+            Some(Arc::new(Place {
+                dir: base.join(owner.to_string()),
+                v2: hierarchy.v2,
+                made: OnceLock::new(),
+            }))
         };
-        let v2 = place(&mounts.v2);
+        let made = |place: Option<Arc<Place>>| place.filter(|p| p.make().is_ok());
+        let v2 = made(place(&mounts.v2));
         if let Some(v2) = &v2 {
             enable_controllers(v2, &v2_controllers, &mounts);
         }
@@ -262,7 +283,7 @@ impl Cgroups {
                 .is_some_and(|v2| has_controller_enabled(&v2.dir, controller));
             enabled.then(|| v2.clone()).flatten()
         };
-        let containment = v2.clone().or_else(|| place(&mounts.freezer));
+        let containment = v2.clone().or_else(|| made(place(&mounts.freezer)));
         Cgroups {
             memory: v2_with("memory").or_else(|| place(&mounts.memory)),
             pids: v2_with("pids").or_else(|| place(&mounts.pids)),
@@ -283,7 +304,7 @@ impl Cgroups {
 
     /// What is in force.
     pub(crate) fn containment(&self) -> Containment {
-        let method = match &self.containment {
+        let method = match self.containment.as_deref() {
             Some(Place { v2: true, .. }) => "cgroup v2",
             Some(Place { v2: false, .. }) => "cgroup v1 freezer",
             None => "process group",
@@ -316,11 +337,16 @@ impl Cgroups {
                     "the {what} limit {value} is negative"
                 )));
             }
-            if value > 0 && place.is_none() {
-                return Err(Error::InvalidSpec(format!(
-                    "a {what} limit needs the cgroup \"{controller}\" controller, which this host \
-                     does not offer to swarmexec (no cgroup hierarchy with it, or no permission)"
-                )));
+            match place {
+                None if value > 0 => {
+                    return Err(Error::InvalidSpec(format!(
+                        "a {what} limit needs the cgroup \"{controller}\" controller, which this \
+                         host does not offer to swarmexec (no cgroup hierarchy with it, or no \
+                         permission)"
+                    )))
+                }
+                Some(place) if value > 0 => place.make()?,
+                _ => {}
             }
         }
         Ok(())
@@ -355,6 +381,7 @@ impl Cgroups {
         let mut dirs: Vec<&PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
             .into_iter()
             .flatten()
+            .filter(|p| p.was_made())
             .map(|p| &p.dir)
             .collect();
         dirs.dedup();
@@ -494,6 +521,7 @@ impl TaskCgroup {
             let (true, Some(place)) = (value > 0, place) else {
                 continue;
             };
+            place.make()?;
             let dir = place.dir.join(name);
             if !self.dirs.contains(&dir) {
                 self.add_dir(&dir)?;

@@ -122,6 +122,20 @@ pub(super) fn readable(fd: &impl AsRawFd) -> libc::pollfd {
     }
 }
 
+/// True when this process may create `dir`: it exists and is writable, or the
+/// nearest of its ancestors that exists is.
+pub(super) fn may_create_in(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(existing) = dir.ancestors().find(|a| a.exists()) else {
+        return false;
+    };
+    let Ok(path) = CString::new(existing.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// The effective user id of this process.
 pub(super) fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
