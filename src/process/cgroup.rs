@@ -277,11 +277,16 @@ impl Cgroups {
         if let Some(v2) = &v2 {
             enable_controllers(v2, &v2_controllers, &mounts);
         }
+        // The controllers the executor's v2 cgroup hands to its children.
+        let enabled = match &v2 {
+            Some(v2) if !v2_controllers.is_empty() => {
+                fs::read_to_string(v2.dir.join("cgroup.subtree_control")).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         let v2_with = |controller: &str| {
-            let enabled = v2
-                .as_ref()
-                .is_some_and(|v2| has_controller_enabled(&v2.dir, controller));
-            enabled.then(|| v2.clone()).flatten()
+            let has = enabled.split_whitespace().any(|c| c == controller);
+            has.then(|| v2.clone()).flatten()
         };
         let containment = v2.clone().or_else(|| made(place(&mounts.freezer)));
         Cgroups {
