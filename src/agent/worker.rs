@@ -616,22 +616,32 @@ fn update_task(entry: &mut Entry, task: Task) {
     entry.task = Task { status, ..task };
 }
 
-/// Closes controllers in parallel on pool threads, waiting for them a few seconds
-/// at most; a failure or panic is logged.
+/// How many pool jobs close a worker's controllers: a close stuck on one
+/// controller holds up only the others of its share.
+const CLOSING_JOBS: usize = 8;
+
+/// Closes controllers on a few pool threads, each taking a share in turn, and waits
+/// for them a few seconds at most; a failure or panic is logged.
 fn close_controllers(controllers: Vec<(String, Arc<dyn Controller>)>) {
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let count = controllers.len();
-    for (task_id, controller) in controllers {
+    let share = controllers.len().div_ceil(CLOSING_JOBS).max(1);
+    let mut jobs = 0;
+    let mut rest = controllers;
+    while !rest.is_empty() {
+        let mine: Vec<_> = rest.drain(..share.min(rest.len())).collect();
         let done = done_tx.clone();
+        jobs += 1;
         Pool::global().submit(move || {
-            if let Err(e) = contain_result("controller", &task_id, || controller.close()) {
-                log::warn!(target: "swarmexec", "task {task_id}: closing its controller failed: {e}");
+            for (task_id, controller) in mine {
+                if let Err(e) = contain_result("controller", &task_id, || controller.close()) {
+                    log::warn!(target: "swarmexec", "task {task_id}: closing its controller failed: {e}");
+                }
             }
             let _ = done.send(());
         });
     }
     let deadline = Instant::now() + STUCK_CALL_WAIT;
-    for _ in 0..count {
+    for _ in 0..jobs {
         if done_rx.recv_deadline(deadline).is_err() {
             log::warn!(target: "swarmexec", "controllers still closing; they are left to finish");
             return;
