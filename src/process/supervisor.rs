@@ -140,6 +140,10 @@ impl Process {
     /// Once the leader has exited: kills what is left of the task. Returns true
     /// when nothing is left, so that it can be reaped.
     fn kill_rest(&self) -> bool {
+        // Often nothing is left: the group's members are in the cgroup too.
+        if self.cgroup.as_ref().is_some_and(TaskCgroup::is_empty) {
+            return true;
+        }
         if let Err(e) = self.kill_all() {
             log::warn!(target: "swarmexec", "cannot kill the rest of task process {}: {e}", self.pid);
         }
