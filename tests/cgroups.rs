@@ -306,6 +306,11 @@ fn a_killed_host_leaves_nothing_once_the_next_executor_starts() {
     fs::create_dir(&files).unwrap();
     let d = files.display();
     let script = escaping_script(&files, &format!("echo $$ > {d}/leader; exec sleep 301"));
+    // Where the watchdog can act, everything goes with the host, not only its program.
+    let watchdog = {
+        let probe = ProcessExecutor::new(dir.path().join("probe")).unwrap();
+        probe.containment().method == "cgroup v2"
+    };
     let mut host = run_command(&state, &secret, &script);
     let escapees = [pid_in(&files.join("setsid")), pid_in(&files.join("daemon"))];
     let leader = pid_in(&files.join("leader"));
@@ -325,6 +330,11 @@ fn a_killed_host_leaves_nothing_once_the_next_executor_starts() {
         Duration::from_secs(1),
         || !alive(leader),
     );
+    if watchdog {
+        eventually("all it started to die too", Duration::from_secs(1), || {
+            escapees.iter().all(|pid| !alive(*pid))
+        });
+    }
 
     let executor = ProcessExecutor::new(&state).unwrap();
     if contained(&executor) {

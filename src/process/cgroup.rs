@@ -307,6 +307,14 @@ impl Cgroups {
         }
     }
 
+    /// The `cgroup.kill` file that kills every task of the executor at once, where
+    /// its tasks live in a v2 hierarchy that has one.
+    pub(crate) fn kill_file(&self) -> Option<PathBuf> {
+        let containment = self.containment.as_ref().filter(|c| c.v2)?;
+        let kill = containment.dir.join("cgroup.kill");
+        kill.exists().then_some(kill)
+    }
+
     /// What is in force.
     pub(crate) fn containment(&self) -> Containment {
         let method = match self.containment.as_deref() {
@@ -613,7 +621,7 @@ impl TaskCgroup {
             .lines()
             .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
         {
-            super::sys::kill_frozen(pid);
+            super::sys::kill_pinned(pid);
         }
         Ok(())
     }

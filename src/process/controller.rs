@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -18,6 +18,7 @@ use super::cgroup::{Cgroups, Owner};
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnError, SpawnPlan, SpawnStep};
+use super::watchdog::Watchdog;
 use crate::api::{
     Config, ContainerStatus, InputSource, LogContext, LogSubscriptionOptions, OutputSink,
     ProcessSpec, ResourceUsage, Runtime, Secret, Task,
@@ -58,6 +59,8 @@ pub struct ProcessController {
 /// removes the tasks' cgroups), then the executor's own cgroups, now empty.
 pub(crate) struct Environment {
     pub(crate) supervisor: Supervisor,
+    /// Started with the first program, where the host allows one.
+    pub(crate) watchdog: OnceLock<Option<Watchdog>>,
     pub(crate) cgroups: ExecutorCgroups,
     pub(crate) owner: Owner,
     pub(crate) state_dir: PathBuf,
@@ -269,6 +272,12 @@ impl ProcessController {
 
     /// Spawns the program and hands it to the reaper, without the lock.
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
+        self.env.watchdog.get_or_init(|| {
+            let kill_file = self.env.cgroups.0.kill_file()?;
+            Watchdog::start(&kill_file)
+                .map_err(|e| log::warn!(target: "swarmexec", "{e}; tasks die with the executor's process, not what they started"))
+                .ok()
+        });
         let stdin = input(&launch.stdin)?;
         let (stdout, stdout_pipe) = output(&launch.stdout, 1)?;
         let (stderr, stderr_pipe) = output(&launch.stderr, 2)?;

@@ -85,11 +85,12 @@ mod logs;
 mod spec;
 mod supervisor;
 mod sys;
+mod watchdog;
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -162,6 +163,7 @@ impl ProcessExecutor {
         Ok(ProcessExecutor {
             env: Arc::new(Environment {
                 supervisor: Supervisor::new(),
+                watchdog: OnceLock::new(),
                 cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
                 owner,
                 state_dir,
