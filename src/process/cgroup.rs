@@ -621,7 +621,7 @@ impl TaskCgroup {
             .lines()
             .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
         {
-            super::sys::kill_pinned(pid);
+            super::sys::kill_frozen(pid);
         }
         Ok(())
     }

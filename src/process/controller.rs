@@ -274,7 +274,7 @@ impl ProcessController {
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
         self.env.watchdog.get_or_init(|| {
             let kill_file = self.env.cgroups.0.kill_file()?;
-            Watchdog::start(&kill_file)
+            Watchdog::start(&self.env.supervisor, &kill_file)
                 .map_err(|e| log::warn!(target: "swarmexec", "{e}; tasks die with the executor's process, not what they started"))
                 .ok()
         });

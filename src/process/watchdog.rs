@@ -7,8 +7,12 @@
 //! `sh` that waits on a pipe only the executor holds: when the executor's process
 //! dies, even by SIGKILL, the kernel closes the pipe, `sh` reads end-of-file and
 //! writes `cgroup.kill` of the executor's cgroup, which kills every process of
-//! every task at once. When the executor goes normally it kills the watchdog (its
-//! tasks are gone already) and reaps it.
+//! every task at once. When the executor goes normally it closes the pipe itself
+//! (its tasks are gone by then) and the watchdog exits.
+//!
+//! The `sh` the reaper starts puts the watchdog in the background and exits at once
+//! (the reaper reaps it), so that the watchdog is no child of the host: a host
+//! counting its children finds none of ours but its tasks.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -16,23 +20,29 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::supervisor::{Pipes, Supervisor};
 use super::sys::{self, SpawnPlan};
 
-/// What the watchdog runs: wait for end-of-file on stdin, then kill the cgroup.
-const SCRIPT: &str = "read -r _; echo 1 > \"$0\"";
+/// What the `sh` the reaper starts runs, `$0` being the `cgroup.kill` file: it
+/// starts the watchdog in a session of its own (out of reach of the group kill the
+/// reaper sends when this `sh` exits), waits until the watchdog says it is
+/// detached, and exits. The watchdog reads the pipe (its fd 3: a background job
+/// would get `/dev/null` as stdin) until end-of-file, then kills the cgroup.
+const SCRIPT: &str = "exec 3<&0; { setsid sh -c '\
+    exec 4>&1 >/dev/null; echo >&4; exec 4>&-; read -r _ <&3; echo 1 > \"$0\"' \"$0\" & } \
+    | read -r _";
 
-/// A running watchdog; killed and reaped when dropped.
+/// A running watchdog; dropping it lets it go.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    pid: libc::pid_t,
     /// The pipe's write end: the watchdog acts once every copy is closed.
     _alive: OwnedFd,
 }
 
 impl Watchdog {
-    /// Starts a watchdog that writes `kill_file` (a v2 `cgroup.kill`) when this
-    /// process dies.
-    pub(crate) fn start(kill_file: &Path) -> Result<Watchdog, String> {
+    /// Starts, through `supervisor`, a watchdog that writes `kill_file` (a v2
+    /// `cgroup.kill`) when this process dies.
+    pub(crate) fn start(supervisor: &Supervisor, kill_file: &Path) -> Result<Watchdog, String> {
         let fail = |e: &dyn std::fmt::Display| format!("cannot start the watchdog: {e}");
         let (read, alive) = sys::pipe().map_err(|e| fail(&e))?;
         let null = || {
@@ -58,18 +68,15 @@ impl Watchdog {
             // It must outlive us: that is what it is for.
             die_with_parent: false,
         };
-        // The plan, with our copy of the pipe's read end, is dropped on return.
-        let pid = sys::spawn(&plan).map_err(|e| fail(&e.error))?;
-        Ok(Watchdog { pid, _alive: alive })
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // Our unreaped child: its pid cannot have been given to another process.
-        sys::kill_pinned(self.pid);
-        if let Err(e) = sys::reap(self.pid) {
-            log::warn!(target: "swarmexec", "cannot reap the watchdog {}: {e}", self.pid);
-        }
+        let no_output = Pipes {
+            stdout: None,
+            stderr: None,
+        };
+        // The plan, with our copy of the pipe's read end, is gone once spawned; the
+        // reaper reaps the `sh` that puts the watchdog in the background.
+        supervisor
+            .spawn(plan, no_output, 0, None)
+            .map_err(|e| fail(&e.error))?;
+        Ok(Watchdog { _alive: alive })
     }
 }

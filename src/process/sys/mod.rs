@@ -81,10 +81,9 @@ pub(super) fn reap(pid: libc::pid_t) -> io::Result<(ExitStatus, Rusage)> {
     Ok((ExitStatus::from_raw(status), usage))
 }
 
-/// SIGKILLs `pid`, which cannot have been given to another process: our own
-/// unreaped child, or a member of a frozen cgroup of ours (frozen, it can neither
-/// exit nor be reaped, so the pid read from the cgroup is still its own).
-pub(super) fn kill_pinned(pid: libc::pid_t) {
+/// SIGKILLs `pid`, a member of a frozen cgroup of ours: frozen, it can neither
+/// exit nor be reaped, so the pid read from the cgroup is still its own.
+pub(super) fn kill_frozen(pid: libc::pid_t) {
     // SAFETY: kill takes two integers and touches no memory of ours.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
