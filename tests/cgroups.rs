@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{process_task, spec};
+use common::{alive, process_task, spec, started};
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
 use swarmexec::{CancelToken, Controller, Error};
@@ -31,25 +31,6 @@ fn with_limits(mut task: Task, limits: Limits) -> Task {
         ..Default::default()
     });
     task
-}
-
-fn started(executor: &ProcessExecutor, task: &Task) -> ProcessController {
-    let controller = executor.process_controller(task).unwrap();
-    let cancel = CancelToken::new();
-    controller.prepare(&cancel).unwrap();
-    controller.start(&cancel).unwrap();
-    controller
-}
-
-/// True while `pid` runs (a zombie has ended).
-fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit(')').next().unwrap().split_whitespace().next(),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
 }
 
 fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::spec;
+use common::{alive, spec};
 use parking_lot::Mutex;
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
@@ -59,11 +59,7 @@ fn run(executor: &ProcessExecutor, mut task: Task) -> (Task, Box<dyn Controller>
 
 /// A prepared and started controller for `spec`.
 fn started(executor: &ProcessExecutor, id: &str, spec: ProcessSpec) -> ProcessController {
-    let controller = executor.process_controller(&task(id, spec)).unwrap();
-    let cancel = CancelToken::new();
-    controller.prepare(&cancel).unwrap();
-    controller.start(&cancel).unwrap();
-    controller
+    common::started(executor, &task(id, spec))
 }
 
 fn pid_of(controller: &dyn Controller) -> i32 {
@@ -73,17 +69,6 @@ fn pid_of(controller: &dyn Controller) -> i32 {
         .unwrap()
         .unwrap()
         .pid
-}
-
-/// True while `pid` names a process that has not died (zombies count as dead).
-fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
 }
 
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {

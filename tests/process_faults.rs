@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::TestCgroup;
+use common::{started, TestCgroup};
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
 use swarmexec::{is_temporary, CancelToken, Controller, Error, SecretsProvider};
@@ -39,14 +39,6 @@ fn with_secret(mut task: Task, executor: &ProcessExecutor) -> Task {
         });
     }
     task
-}
-
-fn started(executor: &ProcessExecutor, task: &Task) -> ProcessController {
-    let controller = executor.process_controller(task).unwrap();
-    let cancel = CancelToken::new();
-    controller.prepare(&cancel).unwrap();
-    controller.start(&cancel).unwrap();
-    controller
 }
 
 fn pid_of(controller: &ProcessController) -> u32 {

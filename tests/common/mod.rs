@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use swarmexec::api::{ProcessSpec, Runtime, Task, TaskSpec, TaskState};
+use swarmexec::process::{ProcessController, ProcessExecutor};
+use swarmexec::{CancelToken, Controller};
 
 /// A spec running `command` directly.
 pub fn spec(command: &[&str]) -> ProcessSpec {
@@ -29,6 +31,26 @@ pub fn process_task(id: &str, spec: ProcessSpec) -> Task {
             ..Default::default()
         },
         ..Default::default()
+    }
+}
+
+/// A prepared and started controller for `task`.
+pub fn started(executor: &ProcessExecutor, task: &Task) -> ProcessController {
+    let controller = executor.process_controller(task).unwrap();
+    let cancel = CancelToken::new();
+    controller.prepare(&cancel).unwrap();
+    controller.start(&cancel).unwrap();
+    controller
+}
+
+/// True while `pid` names a process that has not died (zombies count as dead).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
     }
 }
 
