@@ -303,6 +303,8 @@ fn a_killed_host_leaves_nothing_once_the_next_executor_starts() {
     };
     assert_eq!(secret_files(), 1);
 
+    // The watchdog starts a moment after the first program.
+    thread::sleep(Duration::from_millis(200));
     host.kill().unwrap();
     host.wait().unwrap();
     // The task's program dies with its supervisor, within a second.

@@ -8,9 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -24,6 +24,7 @@ use crate::api::{
     ProcessSpec, ResourceUsage, Runtime, Secret, Task,
 };
 use crate::executor::DependencyStore;
+use crate::timer::{self, Due};
 use crate::{
     make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
     Error, ExitError, LogPublisher, ResourceUsager,
@@ -53,18 +54,40 @@ pub struct ProcessController {
     state: Mutex<State>,
 }
 
+/// How long after the first program the watchdog starts.
+const WATCHDOG_DELAY: Duration = Duration::from_millis(50);
+
 /// What a controller shares with its executor.
 ///
 /// Fields drop in order: the reaper first (it kills and reaps what still runs and
 /// removes the tasks' cgroups), then the executor's own cgroups, now empty.
 pub(crate) struct Environment {
     pub(crate) supervisor: Supervisor,
-    /// Started with the first program, where the host allows one.
+    /// Started shortly after the first program, where the host allows one.
     pub(crate) watchdog: OnceLock<Option<Watchdog>>,
+    /// Set once the watchdog's start is scheduled.
+    pub(crate) watchdog_due: AtomicBool,
     pub(crate) cgroups: ExecutorCgroups,
     pub(crate) owner: Owner,
     pub(crate) state_dir: PathBuf,
     pub(crate) dependencies: Arc<DependencyStore>,
+}
+
+impl Due for Environment {
+    /// Starts the watchdog, once, where the executor's tasks can all be killed
+    /// through one cgroup.
+    fn fire(&self) {
+        self.watchdog.get_or_init(|| {
+            let kill_file = self.cgroups.0.kill_file()?;
+            let started = Watchdog::start(&self.supervisor, &kill_file);
+            let warn = |e| log::warn!(target: "swarmexec", "{e}; if this process dies, its tasks' programs die with it, but not what they started");
+            started.map_err(warn).ok()
+        });
+    }
+
+    fn is_stale(&self) -> bool {
+        self.watchdog.get().is_some()
+    }
 }
 
 /// The executor's cgroups, removed when it goes.
@@ -272,12 +295,12 @@ impl ProcessController {
 
     /// Spawns the program and hands it to the reaper, without the lock.
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
-        self.env.watchdog.get_or_init(|| {
-            let kill_file = self.env.cgroups.0.kill_file()?;
-            Watchdog::start(&self.env.supervisor, &kill_file)
-                .map_err(|e| log::warn!(target: "swarmexec", "{e}; tasks die with the executor's process, not what they started"))
-                .ok()
-        });
+        if !self.env.watchdog_due.swap(true, Ordering::Relaxed) {
+            // Not on the way to the first program: a task that lasts a moment,
+            // common in tests and one-off runs, would pay for it.
+            let due: Weak<dyn Due> = Arc::downgrade(&self.env) as Weak<dyn Due>;
+            timer::schedule(Instant::now() + WATCHDOG_DELAY, due);
+        }
         let stdin = input(&launch.stdin)?;
         let (stdout, stdout_pipe) = output(&launch.stdout, 1)?;
         let (stderr, stderr_pipe) = output(&launch.stderr, 2)?;

@@ -90,6 +90,7 @@ mod watchdog;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -164,6 +165,7 @@ impl ProcessExecutor {
             env: Arc::new(Environment {
                 supervisor: Supervisor::new(),
                 watchdog: OnceLock::new(),
+                watchdog_due: AtomicBool::new(false),
                 cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
                 owner,
                 state_dir,

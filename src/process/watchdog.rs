@@ -8,7 +8,10 @@
 //! dies, even by SIGKILL, the kernel closes the pipe, `sh` reads end-of-file and
 //! writes `cgroup.kill` of the executor's cgroup, which kills every process of
 //! every task at once. When the executor goes normally it closes the pipe itself
-//! (its tasks are gone by then) and the watchdog exits.
+//! (its tasks are gone by then) and the watchdog exits. It starts 50 ms after the
+//! executor's first program, so that a program that lasts a moment does not pay
+//! for it; a host that dies sooner leaves what its tasks started to the next
+//! executor on its state directory.
 //!
 //! The `sh` the reaper starts puts the watchdog in the background and exits at once
 //! (the reaper reaps it), so that the watchdog is no child of the host: a host
