@@ -76,7 +76,7 @@ fn two_hundred_lifecycles_leave_nothing_behind() {
     let fds_before_executor = open_fds();
     let executor = ProcessExecutor::new(dir.path()).unwrap();
     lifecycle(&executor, 0); // the first one may set up lazily created state
-    // ... and the watchdog, a moment after (a pipe held open).
+                             // ... and the watchdog, a moment after (a pipe held open).
     std::thread::sleep(std::time::Duration::from_millis(200));
     let fds_before = open_fds();
 

@@ -20,6 +20,7 @@
 mod listener;
 mod manager;
 mod pool;
+mod sys;
 mod worker;
 
 pub use listener::{Listener, LISTENER_QUEUE};

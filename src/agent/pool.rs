@@ -81,10 +81,7 @@ impl Pool {
     /// The pool every task manager of the process shares.
     pub(crate) fn global() -> &'static Pool {
         static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Pool::new(cores * 2)
-        })
+        POOL.get_or_init(|| Pool::new(super::sys::cpus() * 2))
     }
 
     fn new(floor: usize) -> Pool {
