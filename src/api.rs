@@ -327,6 +327,90 @@ pub struct ProcessSpec {
     pub stdout: OutputSink,
     /// Where the program's stderr goes: captured into the task's logs unless set.
     pub stderr: OutputSink,
+    /// How to tell that the program is healthy; `None` for no check (the task is
+    /// running as soon as it has started).
+    pub healthcheck: Option<HealthCheck>,
+}
+
+/// A health check, with Docker's fields and defaults: `start` returns once a probe
+/// passes, and `retries` failures in a row make the task unhealthy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HealthCheck {
+    /// The probe: exit status 0 is healthy.
+    pub test: HealthTest,
+    /// Between probes once healthy; 30 s when `None`.
+    pub interval: Option<Duration>,
+    /// How long a probe may run before it is killed and counted a failure; 30 s
+    /// when `None`.
+    pub timeout: Option<Duration>,
+    /// How long failures do not count after the start; 0 when `None`.
+    pub start_period: Option<Duration>,
+    /// Between probes until the first passes; 5 s when `None`.
+    pub start_interval: Option<Duration>,
+    /// How many failures in a row make the task unhealthy; 3 when `None`.
+    pub retries: Option<u32>,
+}
+
+/// What a health probe runs, with the task's user, directory and environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthTest {
+    /// A program and its arguments, run directly (Docker's `CMD`).
+    Command(Vec<String>),
+    /// A shell command line, run with `sh -c` (Docker's `CMD-SHELL`).
+    Shell(String),
+}
+
+impl Default for HealthTest {
+    fn default() -> Self {
+        HealthTest::Command(Vec::new())
+    }
+}
+
+/// Where a task's health stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HealthState {
+    /// No probe has passed yet.
+    #[default]
+    Starting,
+    /// The last probe passed, or fewer than `retries` have failed since.
+    Healthy,
+    /// `retries` probes in a row failed.
+    Unhealthy,
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthState::Starting => "starting",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+/// One probe's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthProbe {
+    /// Its exit code (128 + the signal for a killed probe; -1 when it could not
+    /// start).
+    pub exit_code: i32,
+    /// When it started and ended.
+    pub start: SystemTime,
+    /// When it ended.
+    pub end: SystemTime,
+    /// The end of its output (stdout and stderr), at most a few kilobytes.
+    pub output: String,
+}
+
+/// A task's health, as a health-checking controller reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Where it stands.
+    pub state: HealthState,
+    /// Failures in a row since the last pass.
+    pub failing_streak: u32,
+    /// The last few probes, oldest first.
+    pub log: Vec<HealthProbe>,
 }
 
 /// Where a task's stdin comes from.

@@ -1,7 +1,7 @@
 //! The [`Controller`] trait, its optional capabilities and log publishing.
 
 use crate::api::{
-    ContainerStatus, LogMessage, LogSubscriptionOptions, PortStatus, ResourceUsage, Task,
+    ContainerStatus, Health, LogMessage, LogSubscriptionOptions, PortStatus, ResourceUsage, Task,
 };
 use crate::{CancelToken, Error};
 
@@ -62,6 +62,11 @@ pub trait Controller: Send + Sync {
     fn as_resource_usager(&self) -> Option<&dyn ResourceUsager> {
         None
     }
+
+    /// The health-status capability, when the controller has it.
+    fn as_health_statuser(&self) -> Option<&dyn HealthStatuser> {
+        None
+    }
 }
 
 /// Reports the status of what runs a task.
@@ -76,6 +81,12 @@ pub trait ResourceUsager {
     /// What the task has used so far, or in all once it has ended; `None` before
     /// it was started.
     fn resource_usage(&self, cancel: &CancelToken) -> Result<Option<ResourceUsage>, Error>;
+}
+
+/// Reports a task's health, in the style of [`ContainerStatuser`].
+pub trait HealthStatuser {
+    /// The task's health; `None` when it has no health check (or was not started).
+    fn health(&self, cancel: &CancelToken) -> Result<Option<Health>, Error>;
 }
 
 /// Reports the ports a controller manages at the host level.

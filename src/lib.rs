@@ -98,7 +98,7 @@ mod timer;
 
 pub use cancel::CancelToken;
 pub use controller::{
-    ContainerStatuser, Controller, ControllerLogs, LogPublisher, LogPublisherFn,
+    ContainerStatuser, Controller, ControllerLogs, HealthStatuser, LogPublisher, LogPublisherFn,
     LogPublisherProvider, PortStatuser, ResourceUsager,
 };
 pub use error::{is_temporary, make_temporary, Error, ExitCoder, ExitError};

@@ -12,22 +12,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::select;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::cgroup::{Cgroups, Owner};
+use super::health::{HealthMonitor, HealthPlan, ProbePlanner};
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnError, SpawnPlan, SpawnStep};
 use super::watchdog::Watchdog;
 use crate::api::{
-    Config, ContainerStatus, InputSource, LogContext, LogSubscriptionOptions, OutputSink,
-    ProcessSpec, ResourceUsage, Runtime, Secret, Task,
+    Config, ContainerStatus, Health, HealthState, InputSource, LogContext, LogSubscriptionOptions,
+    OutputSink, ProcessSpec, ResourceUsage, Runtime, Secret, Task,
 };
 use crate::executor::DependencyStore;
 use crate::timer::{self, Due};
 use crate::{
     make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
-    Error, ExitError, LogPublisher, ResourceUsager,
+    Error, ExitError, HealthStatuser, LogPublisher, ResourceUsager,
 };
 
 /// How long `close` waits for a killed process to go before leaving it to the reaper.
@@ -140,6 +142,8 @@ enum Phase {
 struct Started {
     launch: Arc<Launch>,
     process: Arc<Process>,
+    /// The health check's monitor, for a task that has one.
+    health: Option<Arc<HealthMonitor>>,
 }
 
 impl ProcessController {
@@ -170,6 +174,16 @@ impl ProcessController {
     /// reused task id never meets an old one's files.
     pub fn task_dir(&self) -> Option<PathBuf> {
         self.state.lock().task_dir.clone()
+    }
+
+    /// The task's health: `None` without a health check, or before the program
+    /// was started.
+    pub fn health(&self) -> Option<Health> {
+        let state = self.state.lock();
+        match &state.phase {
+            Phase::Started(started) => started.health.as_ref().map(|h| h.health()),
+            _ => None,
+        }
     }
 
     /// Why the program could not be started, once `prepare` or `start` failed
@@ -231,7 +245,9 @@ impl ProcessController {
     fn stop(
         &self,
         cancel: &CancelToken,
-        Started { launch, process }: &Started,
+        Started {
+            launch, process, ..
+        }: &Started,
     ) -> Result<(), Error> {
         if process.exit().is_some() {
             return Ok(());
@@ -252,6 +268,49 @@ impl ProcessController {
             launch.stop_grace
         );
         kill(cancel, process, None).map(drop)
+    }
+
+    /// Waits until the program's first probe passes (`Ok`), its probes fail
+    /// (stopping it, then the unhealthy error), it exits (its exit, or an error
+    /// saying it ended before it was healthy), or `cancel` is done.
+    fn await_health(&self, cancel: &CancelToken, started: &Started) -> Result<(), Error> {
+        let Some(monitor) = &started.health else {
+            return Ok(());
+        };
+        loop {
+            match monitor.health().state {
+                HealthState::Healthy => return Ok(()),
+                HealthState::Unhealthy => return Err(self.stop_unhealthy(cancel, started, monitor)),
+                HealthState::Starting => {}
+            }
+            if let Some(exit) = started.process.exit() {
+                monitor.stop();
+                return Err(match exit_result(exit, self.status_of(&started.process)) {
+                    Ok(()) => Error::other("exited before its health check passed"),
+                    Err(e) => e,
+                });
+            }
+            select! {
+                recv(monitor.changed()) -> _ => {}
+                recv(started.process.exited()) -> _ => {}
+                recv(cancel.done()) -> _ => return Err(cancel.err().unwrap_or(Error::Canceled)),
+                recv(cancel.deadline_passed()) -> _ => return Err(Error::DeadlineExceeded),
+            }
+        }
+    }
+
+    /// Stops an unhealthy program as at any failure; returns the unhealthy error
+    /// (or the cancellation that cut the stop short: the next call goes on).
+    fn stop_unhealthy(
+        &self,
+        cancel: &CancelToken,
+        started: &Started,
+        monitor: &HealthMonitor,
+    ) -> Error {
+        match self.stop(cancel, started) {
+            Err(e) if e.is_cancellation() => e,
+            _ => monitor.unhealthy_error(),
+        }
     }
 
     /// Validates the spec and writes the task's files, without the lock.
@@ -456,7 +515,15 @@ impl Controller for ProcessController {
                 Phase::Starting => {
                     return Err(make_temporary(Error::other("exec: task being started")))
                 }
-                Phase::Started(_) => return Err(Error::TaskStarted),
+                Phase::Started(started) => {
+                    let started = started.clone();
+                    drop(state);
+                    // A start cut short while waiting for health resumes that wait.
+                    return match started.health.as_ref().map(|h| h.health().state) {
+                        None | Some(HealthState::Healthy) => Err(Error::TaskStarted),
+                        Some(_) => self.await_health(cancel, &started),
+                    };
+                }
             };
             state.phase = Phase::Starting;
             (launch, state.log_capacity)
@@ -480,30 +547,66 @@ impl Controller for ProcessController {
             return Err(Error::ControllerClosed);
         }
         log::debug!(target: "swarmexec", "task {}: started process {}", state.task.id, process.pid());
-        state.phase = Phase::Started(Started { launch, process });
-        Ok(())
+        let health = launch.health.clone().map(|plan| {
+            let planner = probe_planner(&launch, &plan, &process);
+            HealthMonitor::start(plan, &process, planner, &self.env)
+        });
+        let started = Started {
+            launch,
+            process,
+            health,
+        };
+        state.phase = Phase::Started(started.clone());
+        drop(state);
+        match &started.health {
+            Some(_) => self.await_health(cancel, &started),
+            None => Ok(()),
+        }
     }
 
+    /// Returns the program's exit, or the unhealthy error once it has been
+    /// stopped (stop signal, grace, kill), whichever comes first.
     fn wait(&self, cancel: &CancelToken) -> Result<(), Error> {
-        let Some(Started { process, .. }) = self.started()? else {
+        let Some(started) = self.started()? else {
             return Err(Error::other("exec: task not started"));
         };
-        match process.wait_exit(cancel, None)? {
-            Some(exit) => exit_result(exit, self.status_of(&process)),
-            None => Err(Error::Canceled),
+        let process = &started.process;
+        let never = crossbeam_channel::never();
+        let health_changed = started.health.as_ref().map_or(&never, |h| h.changed());
+        loop {
+            if let Some(exit) = process.exit() {
+                return exit_result(exit, self.status_of(process));
+            }
+            if let Some(monitor) = &started.health {
+                if monitor.health().state == HealthState::Unhealthy {
+                    return Err(self.stop_unhealthy(cancel, &started, monitor));
+                }
+            }
+            select! {
+                recv(process.exited()) -> _ => {}
+                recv(health_changed) -> _ => {}
+                recv(cancel.done()) -> _ => return Err(cancel.err().unwrap_or(Error::Canceled)),
+                recv(cancel.deadline_passed()) -> _ => return Err(Error::DeadlineExceeded),
+            }
         }
     }
 
     fn shutdown(&self, cancel: &CancelToken) -> Result<(), Error> {
         match self.started()? {
-            Some(started) => self.stop(cancel, &started),
+            Some(started) => {
+                stop_probing(&started);
+                self.stop(cancel, &started)
+            }
             None => Ok(()),
         }
     }
 
     fn terminate(&self, cancel: &CancelToken) -> Result<(), Error> {
         match self.started()? {
-            Some(started) => kill(cancel, &started.process, None).map(drop),
+            Some(started) => {
+                stop_probing(&started);
+                kill(cancel, &started.process, None).map(drop)
+            }
             None => Ok(()),
         }
     }
@@ -526,7 +629,10 @@ impl Controller for ProcessController {
             let mut state = self.open_state()?;
             state.closed = true;
             let process = match &state.phase {
-                Phase::Started(started) => Some(Arc::clone(&started.process)),
+                Phase::Started(started) => {
+                    stop_probing(started);
+                    Some(Arc::clone(&started.process))
+                }
                 _ => None,
             };
             (process, state.task_dir.take())
@@ -556,6 +662,24 @@ impl Controller for ProcessController {
 
     fn as_resource_usager(&self) -> Option<&dyn ResourceUsager> {
         Some(self)
+    }
+
+    fn as_health_statuser(&self) -> Option<&dyn HealthStatuser> {
+        Some(self)
+    }
+}
+
+impl HealthStatuser for ProcessController {
+    /// See [`ProcessController::health`].
+    fn health(&self, _cancel: &CancelToken) -> Result<Option<Health>, Error> {
+        Ok(ProcessController::health(self))
+    }
+}
+
+/// Ends a task's probing: it is being stopped.
+fn stop_probing(started: &Started) {
+    if let Some(monitor) = &started.health {
+        monitor.stop();
     }
 }
 
@@ -641,7 +765,7 @@ impl ControllerLogs for ProcessController {
 }
 
 /// The exit code a shell would report: the status, or 128 + the killing signal.
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
@@ -729,6 +853,36 @@ fn stdio_error(e: io::Error) -> Error {
 /// What the program is started with: `launch`, the given stdio, in a process group
 /// of its own, killed should the executor's process die.
 fn spawn_plan(launch: &Launch, stdio: [OwnedFd; 3]) -> Result<SpawnPlan, Error> {
+    run_plan(launch, &launch.program, &launch.argv, stdio)
+}
+
+/// What a health probe is started with: the task's user, directory and
+/// environment, in its cgroup.
+fn probe_planner(
+    launch: &Arc<Launch>,
+    plan: &HealthPlan,
+    process: &Arc<Process>,
+) -> Box<ProbePlanner> {
+    let launch = Arc::clone(launch);
+    let (program, argv) = (plan.program.clone(), plan.argv.clone());
+    let task = Arc::downgrade(process);
+    Box::new(move |stdio| {
+        let task = task
+            .upgrade()
+            .ok_or_else(|| Error::other("the task has ended"))?;
+        let mut plan = run_plan(&launch, &program, &argv, stdio)?;
+        plan.cgroups = task.cgroup_join_files()?;
+        Ok(plan)
+    })
+}
+
+/// `program` with `argv`, as `launch` starts its program.
+fn run_plan(
+    launch: &Launch,
+    program: &Path,
+    argv: &[String],
+    stdio: [OwnedFd; 3],
+) -> Result<SpawnPlan, Error> {
     let c_string = |what: &str, bytes: Vec<u8>| {
         CString::new(bytes).map_err(|_| Error::InvalidSpec(format!("{what} contains NUL")))
     };
@@ -740,12 +894,8 @@ fn spawn_plan(launch: &Launch, stdio: [OwnedFd; 3]) -> Result<SpawnPlan, Error> 
         )?);
     }
     Ok(SpawnPlan {
-        program: c_string(
-            "program path",
-            launch.program.as_os_str().as_bytes().to_vec(),
-        )?,
-        argv: launch
-            .argv
+        program: c_string("program path", program.as_os_str().as_bytes().to_vec())?,
+        argv: argv
             .iter()
             .map(|arg| c_string("command", arg.clone().into_bytes()))
             .collect::<Result<_, _>>()?,

@@ -169,6 +169,21 @@ impl LogBuffer {
         state.wake_followers();
     }
 
+    /// The last `max` bytes of output held, both streams in order.
+    pub(crate) fn tail(&self, max: usize) -> Vec<u8> {
+        let state = self.state.lock();
+        let mut tail: Vec<u8> = Vec::new();
+        for line in state.lines.iter().rev() {
+            if tail.len() >= max {
+                break;
+            }
+            tail.splice(0..0, line.data.iter().copied());
+        }
+        let excess = tail.len().saturating_sub(max);
+        tail.drain(..excess);
+        tail
+    }
+
     /// The bytes of output held, without the per-line overhead.
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> usize {

@@ -81,6 +81,7 @@
 
 mod cgroup;
 mod controller;
+mod health;
 mod logs;
 mod spec;
 mod supervisor;

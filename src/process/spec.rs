@@ -4,10 +4,12 @@
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::health::HealthPlan;
 use super::sys;
-use crate::api::{InputSource, Limits, OutputSink, ProcessSpec, Rlimit};
+use crate::api::{HealthCheck, HealthTest, InputSource, Limits, OutputSink, ProcessSpec, Rlimit};
 use crate::Error;
 
 /// The `PATH` a program gets when its spec sets none.
@@ -36,6 +38,8 @@ pub(crate) struct Launch {
     pub(crate) stdin: InputSource,
     pub(crate) stdout: OutputSink,
     pub(crate) stderr: OutputSink,
+    /// The health check, validated.
+    pub(crate) health: Option<Arc<HealthPlan>>,
 }
 
 fn invalid(problem: impl Into<String>) -> Error {
@@ -157,6 +161,10 @@ pub(crate) fn launch(
         }
     }
     check_references(spec)?;
+    let health = match &spec.healthcheck {
+        Some(check) => Some(Arc::new(health_plan(check, path, dir.as_deref())?)),
+        None => None,
+    };
     Ok(Launch {
         program,
         argv: spec.command.clone(),
@@ -170,6 +178,62 @@ pub(crate) fn launch(
         stdin: spec.stdin.clone(),
         stdout: spec.stdout.clone(),
         stderr: spec.stderr.clone(),
+        health,
+    })
+}
+
+/// Docker's health-check defaults.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const HEALTH_START_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_RETRIES: u32 = 3;
+
+/// Validates a health check: a probe that exists, durations above zero, at least
+/// one retry; Docker's defaults for what is not set.
+fn health_plan(check: &HealthCheck, path: &str, dir: Option<&Path>) -> Result<HealthPlan, Error> {
+    let argv = match &check.test {
+        HealthTest::Command(argv) if argv.first().is_some_and(|a| !a.is_empty()) => argv.clone(),
+        HealthTest::Shell(line) if !line.trim().is_empty() => {
+            vec!["sh".to_owned(), "-c".to_owned(), line.clone()]
+        }
+        _ => return Err(invalid("the health check's probe command is empty")),
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("the health check's probe command contains NUL"));
+    }
+    let program = find_program(&argv[0], path, dir).map_err(|e| match e {
+        Error::ProgramNotFound(p) => invalid(format!(
+            "the health check's probe program {p:?} does not exist"
+        )),
+        Error::ProgramNotExecutable(p) => invalid(format!(
+            "the health check's probe program {p:?} is not executable"
+        )),
+        other => other,
+    })?;
+    let duration = |name: &str, value: Option<Duration>, default: Duration| match value {
+        Some(d) if d.is_zero() => Err(invalid(format!(
+            "the health check's {name} must be above zero"
+        ))),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    };
+    let retries = match check.retries {
+        Some(0) => return Err(invalid("the health check's retries must be at least 1")),
+        Some(n) => n,
+        None => HEALTH_RETRIES,
+    };
+    Ok(HealthPlan {
+        program,
+        argv,
+        interval: duration("interval", check.interval, HEALTH_INTERVAL)?,
+        timeout: duration("timeout", check.timeout, HEALTH_TIMEOUT)?,
+        start_period: check.start_period.unwrap_or(Duration::ZERO),
+        start_interval: duration(
+            "start interval",
+            check.start_interval,
+            HEALTH_START_INTERVAL,
+        )?,
+        retries,
     })
 }
 

@@ -81,6 +81,8 @@ pub(crate) struct Process {
     /// The task's cgroups, where the host has them: everything the program starts
     /// is in there, even what leaves its process group.
     cgroup: Option<TaskCgroup>,
+    /// Told when the process ends, for one started without waiting.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Process {
@@ -93,7 +95,21 @@ impl Process {
             exited_rx,
             logs: LogBuffer::new(log_capacity),
             cgroup,
+            observer: None,
         }
+    }
+
+    /// Becomes ready (disconnected) once the process has been reaped.
+    pub(crate) fn exited(&self) -> &Receiver<()> {
+        &self.exited_rx
+    }
+
+    /// The open `cgroup.procs` files of the task's cgroups, for another program
+    /// (a health probe) to join; none without cgroups.
+    pub(crate) fn cgroup_join_files(&self) -> Result<Vec<OwnedFd>, Error> {
+        self.cgroup
+            .as_ref()
+            .map_or(Ok(Vec::new()), TaskCgroup::join_files)
     }
 
     pub(crate) fn pid(&self) -> libc::pid_t {
@@ -197,6 +213,9 @@ impl Process {
         });
         drop(reaped);
         self.exited_tx.lock().take();
+        if let Some(observer) = &self.observer {
+            observer.ended(self);
+        }
         true
     }
 
@@ -249,7 +268,26 @@ struct SpawnRequest {
     pipes: Pipes,
     log_capacity: usize,
     cgroup: Option<TaskCgroup>,
-    reply: Sender<Result<Arc<Process>, SpawnError>>,
+    reply: Reply,
+}
+
+/// Who hears how a spawn went.
+enum Reply {
+    /// A caller waiting for the process.
+    Waiting(Sender<Result<Arc<Process>, SpawnError>>),
+    /// A caller that did not wait (a health probe): told on the reaper thread.
+    Observer(Arc<dyn Observer>),
+}
+
+/// Hears, on the reaper thread (so: quickly), how a process started without
+/// waiting for it fares.
+pub(crate) trait Observer: Send + Sync {
+    /// It started.
+    fn spawned(&self, process: &Arc<Process>);
+    /// It could not start.
+    fn failed(&self, error: SpawnError);
+    /// It ended and was reaped, its output read.
+    fn ended(&self, process: &Process);
 }
 
 /// The reaper thread of one executor, started by the first spawn; stops when
@@ -325,13 +363,37 @@ impl Supervisor {
             pipes,
             log_capacity,
             cgroup,
-            reply,
+            reply: Reply::Waiting(reply),
         };
         self.send(Command::Spawn(Box::new(request)));
         replied.recv().unwrap_or_else(|_| {
             let stopped = io::Error::other("the reaper thread has stopped");
             Err(SpawnError::setup(stopped))
         })
+    }
+
+    /// Starts, on the reaper thread, the program `plan` describes without waiting
+    /// for it (nor asking it to die with its parent): `observer` hears how it
+    /// fares. A reaper that cannot start is reported as a failed spawn.
+    pub(crate) fn spawn_observed(
+        &self,
+        plan: SpawnPlan,
+        pipes: Pipes,
+        log_capacity: usize,
+        observer: Arc<dyn Observer>,
+    ) {
+        if let Err(e) = self.ensure_running() {
+            observer.failed(SpawnError::setup(e));
+            return;
+        }
+        let request = SpawnRequest {
+            plan,
+            pipes,
+            log_capacity,
+            cgroup: None,
+            reply: Reply::Observer(observer),
+        };
+        self.send(Command::Spawn(Box::new(request)));
     }
 
     /// Tells the reaper to drop the process's pipes.
@@ -519,14 +581,25 @@ impl Reaper {
                             cgroup.remove();
                         }
                     }
+                    let observer = match &reply {
+                        Reply::Observer(observer) => Some(Arc::clone(observer)),
+                        Reply::Waiting(_) => None,
+                    };
                     let spawned = spawned.map(|pid| {
-                        let process = Arc::new(Process::new(pid, log_capacity, cgroup));
+                        let mut process = Process::new(pid, log_capacity, cgroup);
+                        process.observer = observer;
+                        let process = Arc::new(process);
                         self.watch(Arc::clone(&process), pipes);
                         process
                     });
-                    // The caller waits for the answer; it can only have gone if it
-                    // panicked, and then the process is watched and killed as usual.
-                    let _ = reply.send(spawned);
+                    match (reply, spawned) {
+                        // The caller waits for the answer; it can only have gone if
+                        // it panicked, and then the process is watched and killed as
+                        // usual.
+                        (Reply::Waiting(reply), spawned) => drop(reply.send(spawned)),
+                        (Reply::Observer(observer), Ok(process)) => observer.spawned(&process),
+                        (Reply::Observer(observer), Err(e)) => observer.failed(e),
+                    }
                 }
                 Ok(Command::Forget(process)) => {
                     for w in self
