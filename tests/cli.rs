@@ -598,3 +598,65 @@ fn the_program_is_found_on_the_callers_path_with_a_login_environment() {
     assert!(!env.contains("SECRET_OF_THE_CALLER"), "{env}");
     assert!(!env.contains("UNSET_ANYWHERE"), "{env}");
 }
+
+#[test]
+fn a_health_check_makes_running_mean_ready_and_an_unhealthy_task_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let probe = format!("test -f {}", ready.display());
+    let script = format!("sleep 0.3; touch {}; sleep 0.5", ready.display());
+    let out = swarmexec(&[
+        "run",
+        "--health-cmd",
+        &probe,
+        "--health-start-interval",
+        "100ms",
+        "--health-start-period",
+        "10s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let healthy = stderr.find("HEALTHY").expect("a health line");
+    let running = stderr.find("RUNNING").expect("a RUNNING line");
+    assert!(healthy < running, "RUNNING once healthy: {stderr}");
+
+    let out = swarmexec(&[
+        "run",
+        "--health-cmd",
+        "echo sick; exit 1",
+        "--health-interval",
+        "50ms",
+        "--health-start-interval",
+        "50ms",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 9' TERM; sleep 30 & wait",
+    ]);
+    assert_eq!(code(&out), 9, "the program's own status once stopped");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("UNHEALTHY"), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.contains("FAILED") && last.contains("unhealthy") && last.contains("sick"),
+        "{last}"
+    );
+
+    let out = swarmexec(&["run", "--health-interval", "1s", "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("need --health-cmd"));
+    let out = swarmexec(&[
+        "run",
+        "-q",
+        "--health-cmd",
+        "false",
+        "--no-healthcheck",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "no health check at all");
+}

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use swarmexec::api::{InputSource, Limits, OutputSink, ProcessSpec};
+use swarmexec::api::{HealthCheck, HealthTest, InputSource, Limits, OutputSink, ProcessSpec};
 
 const HELP: &str = "\
 swarmexec: run programs as supervised tasks
@@ -55,6 +55,21 @@ Options:
                         killed (exit 137, out of memory)
   --cpus NUMBER         CPU limit, like 1.5
   --pids-limit N        Most processes (and threads) at once; -1 for no limit
+  --health-cmd CMD      Health check: a shell command line, run with sh -c as the
+                        program's user, in its directory and cgroup; exit 0 is
+                        healthy. RUNNING then means it passed once; retries
+                        failures in a row stop the program (FAILED, unhealthy)
+  --health-interval DURATION
+                        Between checks once healthy (default 30s)
+  --health-timeout DURATION
+                        A check running longer fails, and is killed (default 30s)
+  --health-start-period DURATION
+                        Failures do not count for this long after the start
+                        (default 0s)
+  --health-start-interval DURATION
+                        Between checks until one passes (default 5s)
+  --health-retries N    Failures in a row that make it unhealthy (default 3)
+  --no-healthcheck      No health check, whatever else was given
   --stop-signal SIG     Signal asking the program to stop (default SIGTERM)
   --stop-grace DURATION Time between the stop signal and SIGKILL, like 10s,
                         1m30s or 500ms (default 10s)
@@ -89,6 +104,10 @@ pub(crate) struct RunOptions {
     pub(crate) configs: Vec<(String, PathBuf)>,
     pub(crate) quiet: bool,
     pub(crate) state_dir: Option<PathBuf>,
+    /// The health check's flags, applied once all are read.
+    pub(crate) health: HealthCheck,
+    pub(crate) health_cmd: Option<String>,
+    pub(crate) no_healthcheck: bool,
 }
 
 /// A bad command line: what is wrong, and which help to point at.
@@ -192,15 +211,34 @@ fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {
             }
             Long("cpus") => options.limits.nano_cpus = cpus(&string_value(&mut parser)?)?,
             Long("pids-limit") => options.limits.pids = pids(&string_value(&mut parser)?)?,
-            Long("stop-signal") => spec.stop_signal = Some(string_value(&mut parser)?),
-            Long("stop-grace") => {
+            Long("health-cmd") => options.health_cmd = Some(string_value(&mut parser)?),
+            Long("health-interval") => {
+                options.health.interval = Some(duration_flag(&mut parser, "--health-interval")?)
+            }
+            Long("health-timeout") => {
+                options.health.timeout = Some(duration_flag(&mut parser, "--health-timeout")?)
+            }
+            Long("health-start-period") => {
+                let period = duration_flag(&mut parser, "--health-start-period")?;
+                options.health.start_period = Some(period)
+            }
+            Long("health-start-interval") => {
+                let interval = duration_flag(&mut parser, "--health-start-interval")?;
+                options.health.start_interval = Some(interval)
+            }
+            Long("health-retries") => {
                 let text = string_value(&mut parser)?;
-                let grace = duration(&text).ok_or_else(|| {
+                let retries = text.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
                     Usage::run(format!(
-                        "--stop-grace expects a duration like 10s, 1m30s or 500ms, got {text:?}"
+                        "--health-retries expects a count of at least 1, got {text:?}"
                     ))
                 })?;
-                spec.stop_grace_period = Some(grace);
+                options.health.retries = Some(retries);
+            }
+            Long("no-healthcheck") => options.no_healthcheck = true,
+            Long("stop-signal") => spec.stop_signal = Some(string_value(&mut parser)?),
+            Long("stop-grace") => {
+                spec.stop_grace_period = Some(duration_flag(&mut parser, "--stop-grace")?)
             }
             Long("quiet") | Short('q') => options.quiet = true,
             Long("state-dir") => options.state_dir = Some(string_value(&mut parser)?.into()),
@@ -213,12 +251,34 @@ fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {
             other => return Err(Usage::run(other.unexpected())),
         }
     }
+    let health_flags = options.health != HealthCheck::default();
+    match (options.no_healthcheck, options.health_cmd.take()) {
+        (true, _) => {}
+        (false, Some(cmd)) => {
+            options.health.test = HealthTest::Shell(cmd);
+            options.spec.healthcheck = Some(options.health.clone());
+        }
+        (false, None) if health_flags => {
+            return Err(Usage::run("the --health-* options need --health-cmd"))
+        }
+        (false, None) => {}
+    }
     if options.spec.command.is_empty() {
         return Err(Usage::run(
             "no program given: swarmexec run [OPTIONS] -- PROGRAM [ARGS...]",
         ));
     }
     Ok(Command::Run(Box::new(options)))
+}
+
+/// A duration flag's value, as [`duration`] reads it.
+fn duration_flag(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, Usage> {
+    let text = string_value(parser)?;
+    duration(&text).ok_or_else(|| {
+        Usage::run(format!(
+            "{flag} expects a duration like 10s, 1m30s or 500ms, got {text:?}"
+        ))
+    })
 }
 
 fn string_value(parser: &mut lexopt::Parser) -> Result<String, Usage> {

@@ -12,6 +12,9 @@ use swarmexec::process::{login_environment, ProcessController, ProcessExecutor, 
 use swarmexec::{CancelToken, ConfigsProvider, Controller, SecretsProvider};
 
 use crate::args::RunOptions;
+
+/// How often a run looks at its program's health.
+const HEALTH_POLL: Duration = Duration::from_millis(50);
 use crate::signals::{self, Request};
 use crate::{fail, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_OWN_FAILURE};
 
@@ -158,13 +161,25 @@ impl Run<'_> {
         signals: &Receiver<Request>,
     ) -> ExitCode {
         let mut last_state = None;
+        let mut last_health = None;
         let mut stopping = false;
+        // Health is looked at a few times a second, where there is a check.
+        let checked =
+            matches!(&self.task.spec.runtime, Some(Runtime::Process(p)) if p.healthcheck.is_some());
+        let health_tick = if checked {
+            crossbeam_channel::tick(HEALTH_POLL)
+        } else {
+            crossbeam_channel::never()
+        };
         loop {
             select! {
+                recv(health_tick) -> _ => self.report_health(&mut last_health),
                 recv(statuses) -> report => {
                     let Ok((_, status)) = report else {
                         return fail(&"the task manager stopped reporting");
                     };
+                    // A health transition comes before the state it led to.
+                    self.report_health(&mut last_health);
                     if status.state.is_terminal() {
                         return self.finish(&status);
                     }
@@ -218,6 +233,31 @@ impl Run<'_> {
             eprintln!("swarmexec: {}", status.err);
         }
         ExitCode::from(code)
+    }
+
+    /// Prints the program's health when it changed since `last`.
+    fn report_health(&self, last: &mut Option<HealthState>) {
+        let Some(health) = self.controller.health() else {
+            return;
+        };
+        if *last != Some(health.state) && health.state != HealthState::Starting && !self.quiet {
+            eprintln!("{}", self.health_line(&health));
+        }
+        *last = Some(health.state);
+    }
+
+    /// `[   1.004s] HEALTHY   health check passed`, like a transition.
+    fn health_line(&self, health: &Health) -> String {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let what = match health.state {
+            HealthState::Healthy => "health check passed".to_owned(),
+            HealthState::Unhealthy => {
+                format!("{} health checks in a row failed", health.failing_streak)
+            }
+            HealthState::Starting => "health check starting".to_owned(),
+        };
+        let state = health.state.to_string().to_uppercase();
+        format!("[{elapsed:8.3}s] {state:<9} {what}")
     }
 
     /// `[   0.012s] RUNNING   started`; a final line adds the exit code and what
