@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 use swarmexec::agent::{AssignmentChanges, Worker};
 use swarmexec::api::*;
+use swarmexec::process::ProcessController;
 use swarmexec::process::ProcessExecutor;
-use swarmexec::{Error, Executor, StubExecutor};
+use swarmexec::{CancelToken, Controller, Error, Executor, StubExecutor};
 
 fn task(id: String, runtime: Option<Runtime>) -> Task {
     let mut task = Task {
@@ -210,17 +211,86 @@ fn raise_fd_limit() {
     }
 }
 
+/// `health_1000`: 1,000 running tasks, each probed with `/bin/true` every 2 s,
+/// for 6 s. Returns the threads beyond those of the same tasks without health
+/// checks (the most seen either way), and the median delay of a probe against
+/// its schedule (the previous probe's end plus the interval).
+fn health_1000() -> (i64, f64) {
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("swarmexec-health-bench-{}", std::process::id()));
+    let executor = ProcessExecutor::new(&dir).unwrap();
+    let interval = Duration::from_secs(2);
+    let start_all = |checked: bool| -> Vec<ProcessController> {
+        (0..1_000)
+            .map(|i| {
+                let spec = ProcessSpec {
+                    command: vec!["sleep".into(), "60".into()],
+                    healthcheck: checked.then(|| HealthCheck {
+                        test: HealthTest::Command(vec!["/bin/true".into()]),
+                        interval: Some(interval),
+                        start_interval: Some(interval),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let task = task(format!("probed-{i}"), Some(Runtime::Process(spec)));
+                let controller = executor.process_controller(&task).unwrap();
+                controller.prepare(&CancelToken::new()).unwrap();
+                controller.start(&CancelToken::new()).unwrap();
+                controller
+            })
+            .collect()
+    };
+    let most_threads = |seconds: u64| {
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let mut most = 0;
+        while Instant::now() < end {
+            most = most.max(threads_and_rss().0);
+            thread::sleep(Duration::from_millis(10));
+        }
+        most
+    };
+    let plain = start_all(false);
+    let without = most_threads(2);
+    drop(plain);
+    let probed = start_all(true);
+    let with = most_threads(6);
+    let mut delays = Vec::new();
+    for controller in &probed {
+        let log = controller.health().map(|h| h.log).unwrap_or_default();
+        for pair in log.windows(2) {
+            let due = pair[0].end + interval;
+            let late = pair[1].start.duration_since(due).unwrap_or_default();
+            delays.push(late.as_nanos() as f64);
+        }
+    }
+    drop(probed);
+    drop(executor);
+    let _ = std::fs::remove_dir_all(&dir);
+    delays.sort_by(f64::total_cmp);
+    let p50 = if delays.is_empty() {
+        f64::NAN
+    } else {
+        percentile(&delays, 0.5)
+    };
+    (with as i64 - without as i64, p50)
+}
+
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
     let (p50, p99) = stub_lifecycle();
     let per_second = stub_10000();
     let process = process_1000();
+    let (extra_threads, probe_delay) = health_1000();
     if json {
         println!("{{\"name\":\"stub_lifecycle\",\"p50_ns\":{p50:.0},\"p99_ns\":{p99:.0}}}");
         println!("{{\"name\":\"stub_10000\",\"lifecycles_per_s\":{per_second:.0}}}");
         println!(
             "{{\"name\":\"process_1000\",\"all_running_s\":{:.3},\"all_stopped_s\":{:.3},\"peak_threads\":{},\"bytes_per_task\":{:.0}}}",
             process.all_running_s, process.all_stopped_s, process.peak_threads, process.bytes_per_task
+        );
+        println!(
+            "{{\"name\":\"health_1000\",\"extra_threads\":{extra_threads},\"probe_delay_p50_ns\":{probe_delay:.0}}}"
         );
         return;
     }
@@ -256,5 +326,14 @@ fn main() {
         "| process_1000 memory per task | {:.0} B | <= 65,536: {} |",
         process.bytes_per_task,
         verdict(process.bytes_per_task <= 65_536.0)
+    );
+    println!(
+        "| health_1000 extra threads | {extra_threads} | <= 16: {} |",
+        verdict(extra_threads <= 16)
+    );
+    println!(
+        "| health_1000 probe delay p50 | {:.1} ms | <= 25 ms: {} |",
+        probe_delay / 1e6,
+        verdict(probe_delay <= 25e6)
     );
 }

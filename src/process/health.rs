@@ -127,7 +127,7 @@ impl HealthMonitor {
         };
         let probe = Arc::new(Probe {
             monitor: me,
-            start: SystemTime::now(),
+            start: Mutex::new(SystemTime::now()),
             timer: Mutex::new(None),
             timed_out: AtomicBool::new(false),
         });
@@ -217,7 +217,8 @@ fn probe_stdio() -> Result<([std::os::fd::OwnedFd; 3], Pipes), Error> {
 /// One probe in progress.
 struct Probe {
     monitor: Arc<HealthMonitor>,
-    start: SystemTime,
+    /// When it was due; when it started, once it has.
+    start: Mutex<SystemTime>,
     /// Kills the probe at its timeout; held here so that its timer entry lives.
     timer: Mutex<Option<Arc<ProbeTimeout>>>,
     timed_out: AtomicBool,
@@ -239,7 +240,7 @@ impl Probe {
         };
         self.monitor.record(HealthProbe {
             exit_code,
-            start: self.start,
+            start: *self.start.lock(),
             end: SystemTime::now(),
             output,
         });
@@ -248,6 +249,7 @@ impl Probe {
 
 impl Observer for Probe {
     fn spawned(&self, process: &Arc<Process>) {
+        *self.start.lock() = SystemTime::now();
         let timeout = Arc::new(ProbeTimeout {
             process: Arc::downgrade(process),
             fired: AtomicBool::new(false),
