@@ -78,7 +78,11 @@
 //! installs no signal handlers, never waits for a child it did not spawn, and names
 //! every thread it starts: `swarmexec-timer` (deadlines and retries),
 //! `swarmexec-reap` (one per process executor), `swarmexec-task` and
-//! `swarmexec-pool` (the task managers' pool).
+//! `swarmexec-pool` (the task managers' pool). Besides its tasks' programs (and
+//! their health probes), a process executor whose tasks live in a v2 cgroup
+//! starts one helper process, a watchdog `sh` in a session of its own that kills
+//! those cgroups should the host die; it is no child of the host, and exits when
+//! the executor goes.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -27,6 +27,10 @@
 //! - `remove` stops the program if needed and deletes the task's directory, secrets
 //!   first, even when stopping failed; `close` deletes it too.
 //!
+//! - A spec with a [`healthcheck`](crate::api::ProcessSpec::healthcheck) makes `start`
+//!   wait until a probe passes, and `start` or `wait` fail a task whose probes fail
+//!   `retries` times in a row, stopping its program (see the `health` module).
+//!
 //! The controller's lock is never held across a blocking call (a spawn, a user
 //! look-up, a file write, a wait), and every blocking call returns once its token
 //! is cancelled: a slow call on one thread never holds up another. A start refused
