@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{alive, process_task, spec};
+use common::{alive, pid_of, process_task, spec};
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
 use swarmexec::{CancelToken, Controller, Error};
@@ -53,15 +53,6 @@ fn prepared(
     Arc::new(controller)
 }
 
-fn pid_of(controller: &ProcessController) -> i32 {
-    let statuser = controller.as_container_statuser().unwrap();
-    statuser
-        .container_status(&CancelToken::new())
-        .unwrap()
-        .unwrap()
-        .pid
-}
-
 #[test]
 fn start_returns_only_once_the_probe_passes() {
     let (executor, dir) = fixture();
@@ -102,7 +93,7 @@ fn a_probe_that_never_passes_fails_start_with_its_output() {
     assert!(message.contains("unhealthy"), "{message}");
     assert!(message.contains("not ready yet"), "{message}");
     assert!(!swarmexec::is_temporary(&err));
-    assert!(!alive(pid_of(&controller)), "the program is stopped");
+    assert!(!alive(pid_of(&*controller)), "the program is stopped");
 }
 
 #[test]
@@ -116,7 +107,7 @@ fn a_running_task_whose_probe_fails_ends_unhealthy_and_stopped() {
         check(&format!("test -f {}", healthy.display())),
     );
     controller.start(&CancelToken::new()).unwrap();
-    let pid = pid_of(&controller);
+    let pid = pid_of(&*controller);
     fs::remove_file(&healthy).unwrap();
     let err = controller.wait(&CancelToken::new()).unwrap_err();
     assert!(err.to_string().contains("unhealthy"), "{err}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{alive, spec};
+use common::{alive, pid_of, spec};
 use parking_lot::Mutex;
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
@@ -60,15 +60,6 @@ fn run(executor: &ProcessExecutor, mut task: Task) -> (Task, Box<dyn Controller>
 /// A prepared and started controller for `spec`.
 fn started(executor: &ProcessExecutor, id: &str, spec: ProcessSpec) -> ProcessController {
     common::started(executor, &task(id, spec))
-}
-
-fn pid_of(controller: &dyn Controller) -> i32 {
-    let statuser = controller.as_container_statuser().unwrap();
-    statuser
-        .container_status(&CancelToken::new())
-        .unwrap()
-        .unwrap()
-        .pid
 }
 
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {

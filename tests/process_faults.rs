@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{started, TestCgroup};
+use common::{pid_of, started, TestCgroup};
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
 use swarmexec::{is_temporary, CancelToken, Controller, Error, SecretsProvider};
@@ -39,25 +39,6 @@ fn with_secret(mut task: Task, executor: &ProcessExecutor) -> Task {
         });
     }
     task
-}
-
-fn pid_of(controller: &ProcessController) -> u32 {
-    let status = controller.container_status_now();
-    status.pid as u32
-}
-
-trait StatusNow {
-    fn container_status_now(&self) -> ContainerStatus;
-}
-
-impl StatusNow for ProcessController {
-    fn container_status_now(&self) -> ContainerStatus {
-        let statuser = self.as_container_statuser().unwrap();
-        statuser
-            .container_status(&CancelToken::new())
-            .unwrap()
-            .unwrap()
-    }
 }
 
 /// Cancels `token` and measures how long `call` then takes to return.
@@ -93,7 +74,7 @@ fn a_cancelled_wait_returns_at_once_while_close_is_stuck_on_a_frozen_program() {
         controller.close().unwrap();
         return;
     };
-    let pid = pid_of(&controller);
+    let pid = pid_of(&*controller) as u32;
     freezer.add(pid);
     freezer.write("freezer.state", "FROZEN");
     while freezer.read("freezer.state") != "FROZEN" {

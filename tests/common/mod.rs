@@ -43,6 +43,13 @@ pub fn started(executor: &ProcessExecutor, task: &Task) -> ProcessController {
     controller
 }
 
+/// The pid of a started task's program, from its container status.
+pub fn pid_of(controller: &dyn Controller) -> i32 {
+    let statuser = controller.as_container_statuser().unwrap();
+    let status = statuser.container_status(&CancelToken::new()).unwrap();
+    status.expect("a started program").pid
+}
+
 /// True while `pid` names a process that has not died (zombies count as dead).
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
