@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use super::controller::Environment;
 use super::supervisor::{Observer, Pipes, Process};
 use super::sys::{self, SpawnError, SpawnPlan};
 use crate::api::{Health, HealthProbe, HealthState};
@@ -52,7 +53,8 @@ pub(crate) struct HealthMonitor {
     /// The task's program: probing stops once it has ended.
     task: Weak<Process>,
     planner: Box<ProbePlanner>,
-    supervisor: Weak<super::controller::Environment>,
+    /// The executor's environment, whose reaper spawns the probes.
+    env: Weak<Environment>,
     started: Instant,
     state: Mutex<Health>,
     stopped: AtomicBool,
@@ -67,13 +69,13 @@ impl HealthMonitor {
         plan: Arc<HealthPlan>,
         task: &Arc<Process>,
         planner: Box<ProbePlanner>,
-        env: &Arc<super::controller::Environment>,
+        env: &Arc<Environment>,
     ) -> Arc<HealthMonitor> {
         let monitor = Arc::new_cyclic(|me| HealthMonitor {
             plan,
             task: Arc::downgrade(task),
             planner,
-            supervisor: Arc::downgrade(env),
+            env: Arc::downgrade(env),
             started: Instant::now(),
             state: Mutex::new(Health::default()),
             stopped: AtomicBool::new(false),
@@ -122,7 +124,7 @@ impl HealthMonitor {
         if self.stopped.load(Ordering::Acquire) {
             return;
         }
-        let Some(env) = self.supervisor.upgrade() else {
+        let Some(env) = self.env.upgrade() else {
             return;
         };
         let probe = Arc::new(Probe {
