@@ -198,3 +198,45 @@ fn bad_health_checks_are_rejected_at_prepare() {
         assert!(err.to_string().contains(says), "{err}");
     }
 }
+
+#[test]
+fn a_shutdown_while_waiting_for_health_stops_the_task_as_usual() {
+    use swarmexec::agent::TaskManager;
+    let (executor, dir) = fixture();
+    let never = dir.path().join("never");
+    let mut s = spec(&["sleep", "30"]);
+    s.healthcheck = Some(patient(check(&format!("test -f {}", never.display()))));
+    let mut task = process_task("waiting", s);
+    task.status.state = TaskState::Assigned;
+    let controller = Arc::new(executor.process_controller(&task).unwrap());
+    let (tx, reports) = crossbeam_channel::unbounded::<(String, TaskStatus)>();
+    let manager = TaskManager::new(
+        task.clone(),
+        Arc::clone(&controller) as Arc<dyn Controller>,
+        tx,
+    );
+    let starting = |s: &TaskStatus| s.state == TaskState::Starting;
+    while !starting(&reports.recv_timeout(Duration::from_secs(10)).unwrap().1) {}
+    thread::sleep(Duration::from_millis(200));
+    let pid = pid_of(&*controller);
+    let asked = Instant::now();
+    manager
+        .update(&Task {
+            desired_state: TaskState::Shutdown,
+            ..task
+        })
+        .unwrap();
+    loop {
+        let (_, status) = reports.recv_timeout(Duration::from_secs(10)).unwrap();
+        if status.state == TaskState::Shutdown {
+            break;
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(!alive(pid), "stopped as usual");
+    manager.close();
+}
