@@ -1,5 +1,7 @@
 //! The `swarmexec` command, run as a user would.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -177,8 +179,7 @@ fn a_secret_file_is_visible_to_the_program_with_mode_0400_and_gone_afterwards() 
     ]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "400\ns3cr3t");
-    let left: Vec<_> = fs::read_dir(&state).unwrap().collect();
-    assert!(left.is_empty(), "the task's files are gone: {left:?}");
+    common::assert_empty(&state, "the task's files are gone");
 }
 
 #[test]
@@ -425,8 +426,7 @@ fn concurrent_runs_on_one_state_dir_each_see_their_own_secret() {
         assert_eq!(code(&out), 0);
         assert_eq!(text(&out.stdout), format!("secret {i}"));
     }
-    let left: Vec<_> = fs::read_dir(&state).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    common::assert_empty(&state, "each run removed its own files");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Faults stay contained: failing, panicking and stalling user code in the agent,
 //! best-effort removal, and deep token trees.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -387,11 +389,7 @@ fn a_task_id_removed_and_assigned_again_at_once_runs() {
     let status = report_where(&reports, |_, s| s.state >= TaskState::Running);
     assert_eq!(status.state, TaskState::Running, "{status:?}");
     worker.close();
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(
-        left.is_empty(),
-        "closing the worker leaves no task files: {left:?}"
-    );
+    common::assert_empty(dir.path(), "closing the worker leaves no task files");
 }
 
 #[test]

@@ -480,10 +480,9 @@ fn bad_specs_reject_the_task_with_a_message_naming_the_problem() {
             "case {i}"
         );
     }
-    let leftovers: Vec<_> = fs::read_dir(f.executor.state_dir()).unwrap().collect();
-    assert!(
-        leftovers.is_empty(),
-        "a rejected task leaves no directory: {leftovers:?}"
+    common::assert_empty(
+        f.executor.state_dir(),
+        "a rejected task leaves no directory",
     );
 }
 

@@ -177,8 +177,7 @@ fn close_deletes_the_files_and_a_new_controller_for_the_same_id_gets_its_own() {
     );
     drop(second);
     assert!(!second_dir.exists(), "dropping closes");
-    let left: Vec<_> = fs::read_dir(executor.state_dir()).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    common::assert_empty(executor.state_dir(), "closed controllers leave no files");
 }
 
 fn rejection(executor: &ProcessExecutor, t: &Task) -> Error {

@@ -43,6 +43,12 @@ pub fn started(executor: &ProcessExecutor, task: &Task) -> ProcessController {
     controller
 }
 
+/// Fails the test, saying `what`, unless `dir` holds nothing.
+pub fn assert_empty(dir: &Path, what: &str) {
+    let left: Vec<_> = fs::read_dir(dir).unwrap().collect();
+    assert!(left.is_empty(), "{what}: {left:?}");
+}
+
 /// The pid of a started task's program, from its container status.
 pub fn pid_of(controller: &dyn Controller) -> i32 {
     let statuser = controller.as_container_statuser().unwrap();
