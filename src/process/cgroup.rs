@@ -32,11 +32,13 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::sys::CgroupJoin;
 use crate::api::{Limits, ResourceUsage};
 use crate::Error;
 
@@ -572,20 +574,29 @@ impl TaskCgroup {
         }
     }
 
-    /// The open `cgroup.procs` files of every cgroup of the task, for the program
-    /// to join before it executes.
-    pub(crate) fn join_files(&self) -> Result<Vec<OwnedFd>, Error> {
-        self.dirs
-            .iter()
-            .map(|dir| {
-                let procs = dir.join("cgroup.procs");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&procs)
-                    .map(OwnedFd::from)
-                    .map_err(|e| cgroup_error("cannot open", &procs, &e))
-            })
-            .collect()
+    /// The task's cgroups, open for the program to join before it executes: the
+    /// containment directory where it is a v2 cgroup (which a program can be
+    /// cloned into), and the `cgroup.procs` file of every other.
+    pub(crate) fn join(&self) -> Result<CgroupJoin, Error> {
+        let mut dirs = self.dirs.iter();
+        let v2 = match self.v2 {
+            true => dirs
+                .next()
+                .map(|dir| {
+                    open(
+                        dir,
+                        OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_DIRECTORY),
+                    )
+                })
+                .transpose()?,
+            false => None,
+        };
+        let procs = dirs
+            .map(|dir| open(&dir.join("cgroup.procs"), OpenOptions::new().write(true)))
+            .collect::<Result<_, _>>()?;
+        Ok(CgroupJoin { v2, procs })
     }
 
     /// Kills every process in the task's cgroup: `cgroup.kill` on v2; on v1,
@@ -749,6 +760,14 @@ impl Role {
 fn cpu_quota(nano_cpus: i64) -> i64 {
     // The kernel takes no quota under 1 ms.
     (nano_cpus.saturating_mul(CPU_PERIOD_US) / 1_000_000_000).max(1000)
+}
+
+/// `path` opened with `options`, for a spawn.
+fn open(path: &Path, options: &OpenOptions) -> Result<OwnedFd, Error> {
+    options
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| cgroup_error("cannot open", path, &e))
 }
 
 fn cgroup_error(what: &str, path: &Path, e: &io::Error) -> Error {

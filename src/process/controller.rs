@@ -370,7 +370,7 @@ impl ProcessController {
             .0
             .create(&self.cgroup_name(), &launch.limits)?;
         if let Some(cgroup) = &cgroup {
-            match cgroup.join_files() {
+            match cgroup.join() {
                 Ok(files) => plan.cgroups = files,
                 Err(e) => {
                     cgroup.remove();
@@ -871,7 +871,7 @@ fn probe_planner(
             .upgrade()
             .ok_or_else(|| Error::other("the task has ended"))?;
         let mut plan = run_plan(&launch, &program, &argv, stdio)?;
-        plan.cgroups = task.cgroup_join_files()?;
+        plan.cgroups = task.cgroup_join()?;
         Ok(plan)
     })
 }
@@ -908,7 +908,7 @@ fn run_plan(
         credentials: launch.credentials,
         rlimits: launch.rlimits.clone(),
         stdio,
-        cgroups: Vec::new(),
+        cgroups: Default::default(),
         die_with_parent: true,
     })
 }

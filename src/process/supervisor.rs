@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 
 use super::cgroup::TaskCgroup;
 use super::logs::LogBuffer;
-use super::sys::{self, SpawnError, SpawnPlan};
+use super::sys::{self, CgroupJoin, SpawnError, SpawnPlan};
 use crate::api::{LogStream, ResourceUsage};
 use crate::{CancelToken, Error};
 
@@ -104,12 +104,12 @@ impl Process {
         &self.exited_rx
     }
 
-    /// The open `cgroup.procs` files of the task's cgroups, for another program
-    /// (a health probe) to join; none without cgroups.
-    pub(crate) fn cgroup_join_files(&self) -> Result<Vec<OwnedFd>, Error> {
+    /// The task's cgroups, open for another program (a health probe) to join;
+    /// none without cgroups.
+    pub(crate) fn cgroup_join(&self) -> Result<CgroupJoin, Error> {
         self.cgroup
             .as_ref()
-            .map_or(Ok(Vec::new()), TaskCgroup::join_files)
+            .map_or(Ok(CgroupJoin::default()), TaskCgroup::join)
     }
 
     pub(crate) fn pid(&self) -> libc::pid_t {
@@ -774,7 +774,7 @@ mod tests {
             credentials: None,
             rlimits: vec![],
             stdio: [stdin.into(), stdout_w, stderr_w],
-            cgroups: vec![],
+            cgroups: Default::default(),
             die_with_parent: true,
         };
         let pipes = Pipes {

@@ -67,7 +67,7 @@ impl Watchdog {
             credentials: None,
             rlimits: Vec::new(),
             stdio: [read, stdout, stderr],
-            cgroups: Vec::new(),
+            cgroups: Default::default(),
             // It must outlive us: that is what it is for.
             die_with_parent: false,
         };

@@ -1,4 +1,5 @@
-//! Every libc call of the crate, each behind a small safe function.
+//! Every libc call of the crate, each behind a small safe function (and the one
+//! system call libc has no wrapper for, in [`clone`]).
 //!
 //! Nothing here keeps state; the invariants that make the calls safe to *use*
 //! (above all, never signalling a pid that may have been recycled) are kept by
@@ -13,9 +14,10 @@ use std::process::ExitStatus;
 
 use crate::api::{Rlimit, RlimitResource};
 
+mod clone;
 mod spawn;
 
-pub(crate) use spawn::{pipe, spawn, SpawnError, SpawnPlan, SpawnStep};
+pub(crate) use spawn::{pipe, spawn, CgroupJoin, SpawnError, SpawnPlan, SpawnStep};
 
 /// Converts a `-1` return into the thread's `errno`.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {

@@ -7,7 +7,8 @@
 //! in a big one). So, as `posix_spawn` does inside the C library, the child is
 //! cloned with `CLONE_VM | CLONE_VFORK`: it runs on a stack of its own in the
 //! parent's memory, while the parent is suspended until it has called `exec` (or
-//! exited), and does everything a task needs in between.
+//! exited), and does everything a task needs in between. Where it can, it is
+//! cloned straight into its v2 cgroup (see [`super::clone`] for why that matters).
 //!
 //! The child shares the parent's memory, so it only reads what the parent
 //! prepared, calls the kernel, and never allocates, locks or unwinds. Set-id calls
@@ -18,8 +19,10 @@
 
 use std::ffi::{c_void, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::clone::{clone_into_cgroup, clone_vfork, IntoCgroup, Stack};
 use super::{check, rlimit_of};
 use crate::api::Rlimit;
 
@@ -36,11 +39,24 @@ pub(crate) struct SpawnPlan {
     pub(crate) rlimits: Vec<Rlimit>,
     /// What becomes the program's stdin, stdout and stderr.
     pub(crate) stdio: [OwnedFd; 3],
-    /// Open `cgroup.procs` files the program joins before it executes.
-    pub(crate) cgroups: Vec<OwnedFd>,
+    /// The cgroups the program joins before it executes.
+    pub(crate) cgroups: CgroupJoin,
     /// Kill the program (SIGKILL) when the spawning thread exits.
     pub(crate) die_with_parent: bool,
 }
+
+/// The cgroups a program joins before it executes.
+#[derive(Debug, Default)]
+pub(crate) struct CgroupJoin {
+    /// A v2 cgroup's directory: the program is cloned straight into it where the
+    /// kernel allows (see [`super::clone`]), and writes itself into it elsewhere.
+    pub(crate) v2: Option<OwnedFd>,
+    /// Open `cgroup.procs` files of (v1) cgroups the program writes itself into.
+    pub(crate) procs: Vec<OwnedFd>,
+}
+
+/// False once `clone3` with `CLONE_INTO_CGROUP` was found missing: it stays so.
+static CLONE_INTO_CGROUP_WORKS: AtomicBool = AtomicBool::new(true);
 
 /// What the child reads: raw pointers into memory the parent keeps alive and
 /// untouched until the child has called `exec` or exited.
@@ -110,10 +126,37 @@ impl SpawnError {
 /// this process, leading a process group of its own. Fails with the step that
 /// failed and its `errno` (for example `ENOENT` or `EACCES` from `exec`).
 pub(crate) fn spawn(plan: &SpawnPlan) -> Result<libc::pid_t, SpawnError> {
+    let v1: Vec<RawFd> = plan.cgroups.procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let into = plan.cgroups.v2.as_ref().map(AsFd::as_fd);
+    if let Some(dir) = into.filter(|_| CLONE_INTO_CGROUP_WORKS.load(Ordering::Relaxed)) {
+        if let Some(pid) = launch(plan, Some(dir), &v1)? {
+            return Ok(pid);
+        }
+        CLONE_INTO_CGROUP_WORKS.store(false, Ordering::Relaxed);
+        log::debug!(target: "swarmexec", "no clone3 into a cgroup here: programs join their cgroup by writing");
+    }
+    let v2_procs = into
+        .map(open_procs)
+        .transpose()
+        .map_err(SpawnError::setup)?;
+    let joins: Vec<RawFd> = v2_procs.iter().map(AsRawFd::as_raw_fd).chain(v1).collect();
+    // Without `into`, launch always clones.
+    launch(plan, None, &joins)?
+        .ok_or_else(|| SpawnError::setup(io::Error::from_raw_os_error(libc::ENOSYS)))
+}
+
+/// Clones the child, straight into the v2 cgroup `into` if given, the child
+/// writing itself into the cgroups whose `cgroup.procs` files are open as `joins`;
+/// waits until it has executed the program (or failed to). `None` when `into` was
+/// given and this kernel cannot clone into a cgroup.
+fn launch(
+    plan: &SpawnPlan,
+    into: Option<BorrowedFd<'_>>,
+    joins: &[RawFd],
+) -> Result<Option<libc::pid_t>, SpawnError> {
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.env);
     let rlimits: Vec<_> = plan.rlimits.iter().map(rlimit_of).collect();
-    let cgroups: Vec<RawFd> = plan.cgroups.iter().map(AsRawFd::as_raw_fd).collect();
     // Sources at 0, 1 or 2 (a host that closed its own) would be overwritten by the
     // child's first dup2 before it reads them.
     let stdio = [
@@ -135,41 +178,58 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> Result<libc::pid_t, SpawnError> {
             stdio[1].as_raw_fd(),
             stdio[2].as_raw_fd(),
         ],
-        cgroups: cgroups.as_ptr(),
-        cgroup_count: cgroups.len(),
+        cgroups: joins.as_ptr(),
+        cgroup_count: joins.len(),
         die_with_parent: plan.die_with_parent,
         // SAFETY: getpid cannot fail and touches no memory.
         parent: unsafe { libc::getpid() },
         error_fd: error_write.as_raw_fd(),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
+    let mut memory = vec![0u8; CHILD_STACK];
+    let stack = Stack::within(&mut memory);
+    let arg = &args as *const ChildArgs as *mut c_void;
     let blocked = block_all_signals().map_err(SpawnError::setup)?;
-    // The stack grows down from its (16-byte aligned) top.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
     // SAFETY: `child` only reads `args` and calls async-signal-safe system calls;
     // `args`, everything it points to and `stack` outlive the child's use of them,
-    // because CLONE_VFORK suspends this thread until the child has called exec or
-    // exited; with CLONE_VM the child writes only to its own stack.
-    let pid = unsafe {
-        libc::clone(
-            child,
-            top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &args as *const ChildArgs as *mut c_void,
-        )
+    // because both clones suspend this thread until the child has called exec or
+    // exited; sharing our memory, the child writes only to its own stack.
+    let cloned = unsafe {
+        match into {
+            Some(dir) => clone_into_cgroup(child, arg, &stack, dir),
+            None => clone_vfork(child, arg, &stack).map(IntoCgroup::Cloned),
+        }
     };
-    let cloned = check(pid.into());
     restore_signals(&blocked);
-    cloned.map_err(SpawnError::setup)?;
+    let pid = match cloned.map_err(SpawnError::setup)? {
+        IntoCgroup::Cloned(pid) => pid,
+        IntoCgroup::Unsupported => return Ok(None),
+    };
     drop(error_write);
     match read_failure(&error_read) {
-        None => Ok(pid),
+        None => Ok(Some(pid)),
         Some(failure) => {
             // The child exited without executing: reap it here, it is ours.
             let _ = super::reap(pid);
             Err(failure)
         }
     }
+}
+
+/// The `cgroup.procs` file of the cgroup directory `dir`, open for writing.
+fn open_procs(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: openat reads a NUL-terminated name relative to an open directory.
+    let fd = check(
+        unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        }
+        .into(),
+    )?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The child, between clone and exec.
@@ -324,7 +384,7 @@ fn above_stdio(fd: &OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor numbered 3 or above.
     let copy = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) }.into())?;
     // SAFETY: the new descriptor is ours alone.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
 }
 
 /// A close-on-exec pipe: (read end, write end).
@@ -333,10 +393,7 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
     // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    })
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// What a failed child wrote, or `None` once the pipe closed empty (exec
@@ -393,4 +450,84 @@ fn restore_signals(mask: &u64) {
             8usize,
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{self, File};
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A new v2 cgroup directory of this test's own, where the host has a v2
+    /// hierarchy we may write to.
+    fn test_cgroup(name: &str) -> Option<PathBuf> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let point = mount.split_whitespace().nth(4)?;
+            fs.starts_with("cgroup2 ").then(|| PathBuf::from(point))
+        })?;
+        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = own.lines().find_map(|line| line.strip_prefix("0::"))?;
+        let dir = mount
+            .join(own.trim_start_matches('/'))
+            .join(format!("{name}-{}", std::process::id()));
+        fs::create_dir(&dir).ok().map(|()| dir)
+    }
+
+    /// Runs `cat /proc/self/cgroup`, joined to the cgroups as `launch` is told;
+    /// returns what it printed, or None when cloning into a cgroup is unsupported.
+    fn own_cgroups(into: Option<BorrowedFd<'_>>, joins: &[RawFd]) -> Option<String> {
+        let (mut output, write) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
+        let null = || OwnedFd::from(File::open("/dev/null").unwrap());
+        let plan = SpawnPlan {
+            program: c"/bin/cat".into(),
+            argv: vec![c"cat".into(), c"/proc/self/cgroup".into()],
+            env: vec![],
+            dir: None,
+            credentials: None,
+            rlimits: vec![],
+            stdio: [null(), write, null()],
+            cgroups: CgroupJoin::default(),
+            die_with_parent: false,
+        };
+        let pid = launch(&plan, into, joins).unwrap()?;
+        drop(plan);
+        let mut printed = String::new();
+        output.read_to_string(&mut printed).unwrap();
+        assert!(super::super::reap(pid).unwrap().0.success());
+        Some(printed)
+    }
+
+    fn linux_at_least(major: u32, minor: u32) -> bool {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        (numbers.next().unwrap(), numbers.next().unwrap_or(0)) >= (major, minor)
+    }
+
+    #[test]
+    fn a_program_starts_in_its_cgroup_cloned_into_it_or_writing_itself_in() {
+        let Some(dir) = test_cgroup("swarmexec-spawn-test") else {
+            // No v2 hierarchy of ours: a program joins none and still starts.
+            assert!(own_cgroups(None, &[]).unwrap().contains("0::"));
+            return;
+        };
+        let name = format!("/{}\n", dir.file_name().unwrap().to_str().unwrap());
+        let cgroup = OwnedFd::from(File::open(&dir).unwrap());
+        let cloned = own_cgroups(Some(cgroup.as_fd()), &[]);
+        let procs = open_procs(cgroup.as_fd()).unwrap();
+        let written = own_cgroups(None, &[procs.as_raw_fd()]);
+        fs::remove_dir(&dir).unwrap();
+        match cloned {
+            Some(cloned) => assert!(cloned.contains(&name), "{cloned}"),
+            // Cloning into a cgroup needs x86_64 and Linux 5.7.
+            None => assert!(!cfg!(target_arch = "x86_64") || !linux_at_least(5, 7)),
+        }
+        let written = written.unwrap();
+        assert!(written.contains(&name), "{written}");
+    }
 }
