@@ -8,8 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
@@ -26,7 +26,6 @@ use crate::api::{
     OutputSink, ProcessSpec, ResourceUsage, Runtime, Secret, Task,
 };
 use crate::executor::DependencyStore;
-use crate::timer::{self, Due};
 use crate::{
     make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
     Error, ExitError, HealthStatuser, LogPublisher, ResourceUsager,
@@ -65,30 +64,29 @@ const WATCHDOG_DELAY: Duration = Duration::from_millis(50);
 /// removes the tasks' cgroups), then the executor's own cgroups, now empty.
 pub(crate) struct Environment {
     pub(crate) supervisor: Supervisor,
-    /// Started shortly after the first program, where the host allows one.
+    /// Armed by the first program, started shortly after it, where the host
+    /// allows one.
     pub(crate) watchdog: OnceLock<Option<Watchdog>>,
-    /// Set once the watchdog's start is scheduled.
-    pub(crate) watchdog_due: AtomicBool,
     pub(crate) cgroups: ExecutorCgroups,
     pub(crate) owner: Owner,
     pub(crate) state_dir: PathBuf,
     pub(crate) dependencies: Arc<DependencyStore>,
 }
 
-impl Due for Environment {
-    /// Starts the watchdog, once, where the executor's tasks can all be killed
-    /// through one cgroup.
-    fn fire(&self) {
-        self.watchdog.get_or_init(|| {
-            let kill_file = self.cgroups.0.kill_file()?;
-            let started = Watchdog::start(&self.supervisor, &kill_file);
-            let warn = |e| log::warn!(target: "swarmexec", "{e}; if this process dies, its tasks' programs die with it, but not what they started");
-            started.map_err(warn).ok()
-        });
-    }
-
-    fn is_stale(&self) -> bool {
-        self.watchdog.get().is_some()
+impl Environment {
+    /// Arms the watchdog, where the executor's tasks can all be killed through one
+    /// cgroup: it starts [`WATCHDOG_DELAY`] from now, unless the executor is gone
+    /// by then, so that a program that lasts a moment does not pay for it.
+    fn arm_watchdog(&self) -> Option<Watchdog> {
+        let kill_file = self.cgroups.0.kill_file()?;
+        let armed = Watchdog::arm(
+            &self.supervisor,
+            &kill_file,
+            Instant::now() + WATCHDOG_DELAY,
+        );
+        armed
+            .map_err(|e| log::warn!(target: "swarmexec", "{e}"))
+            .ok()
     }
 }
 
@@ -354,12 +352,6 @@ impl ProcessController {
 
     /// Spawns the program and hands it to the reaper, without the lock.
     fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
-        if !self.env.watchdog_due.swap(true, Ordering::Relaxed) {
-            // Not on the way to the first program: a task that lasts a moment,
-            // common in tests and one-off runs, would pay for it.
-            let due: Weak<dyn Due> = Arc::downgrade(&self.env) as Weak<dyn Due>;
-            timer::schedule(Instant::now() + WATCHDOG_DELAY, due);
-        }
         let stdin = input(&launch.stdin)?;
         let (stdout, stdout_pipe) = output(&launch.stdout, 1)?;
         let (stderr, stderr_pipe) = output(&launch.stderr, 2)?;
@@ -382,14 +374,15 @@ impl ProcessController {
             stdout: stdout_pipe,
             stderr: stderr_pipe,
         };
-        self.env
-            .supervisor
-            .spawn(plan, pipes, log_capacity, cgroup)
-            .map_err(|e| {
-                let (error, failure) = spawn_error(launch, e);
-                self.state.lock().start_failure = failure;
-                error
-            })
+        let process = self.env.supervisor.spawn(plan, pipes, log_capacity, cgroup);
+        let process = process.map_err(|e| {
+            let (error, failure) = spawn_error(launch, e);
+            self.state.lock().start_failure = failure;
+            error
+        })?;
+        // After the program, which is not kept waiting for it.
+        self.env.watchdog.get_or_init(|| self.env.arm_watchdog());
+        Ok(process)
     }
 
     /// Deletes the directory this controller created, if any; on failure it is

@@ -95,7 +95,6 @@ mod watchdog;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -170,7 +169,6 @@ impl ProcessExecutor {
             env: Arc::new(Environment {
                 supervisor: Supervisor::new(),
                 watchdog: OnceLock::new(),
-                watchdog_due: AtomicBool::new(false),
                 cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
                 owner,
                 state_dir,

@@ -258,6 +258,9 @@ enum Command {
     /// Spawn a program, from the reaper thread (see [`Supervisor::spawn`]), and
     /// watch it.
     Spawn(Box<SpawnRequest>),
+    /// Spawn a program, without waiting, once the time given has come (see
+    /// [`Supervisor::spawn_at`]).
+    SpawnAt(Instant, Box<SpawnRequest>),
     /// Stop reading the process's pipes: held open by a grandchild that escaped the
     /// group, they could otherwise stay with the reaper for good.
     Forget(Arc<Process>),
@@ -382,18 +385,43 @@ impl Supervisor {
         log_capacity: usize,
         observer: Arc<dyn Observer>,
     ) {
+        self.observed(None, plan, pipes, log_capacity, observer);
+    }
+
+    /// As [`spawn_observed`](Supervisor::spawn_observed), with no output kept, at
+    /// `at`: a spawn still pending when the supervisor goes never happens. The
+    /// reaper keeps the time itself, so that one later spawn costs no timer thread.
+    pub(crate) fn spawn_at(&self, at: Instant, plan: SpawnPlan, observer: Arc<dyn Observer>) {
+        let no_output = Pipes {
+            stdout: None,
+            stderr: None,
+        };
+        self.observed(Some(at), plan, no_output, 0, observer);
+    }
+
+    fn observed(
+        &self,
+        at: Option<Instant>,
+        plan: SpawnPlan,
+        pipes: Pipes,
+        log_capacity: usize,
+        observer: Arc<dyn Observer>,
+    ) {
         if let Err(e) = self.ensure_running() {
             observer.failed(SpawnError::setup(e));
             return;
         }
-        let request = SpawnRequest {
+        let request = Box::new(SpawnRequest {
             plan,
             pipes,
             log_capacity,
             cgroup: None,
             reply: Reply::Observer(observer),
-        };
-        self.send(Command::Spawn(Box::new(request)));
+        });
+        self.send(match at {
+            Some(at) => Command::SpawnAt(at, request),
+            None => Command::Spawn(request),
+        });
     }
 
     /// Tells the reaper to drop the process's pipes.
@@ -468,6 +496,8 @@ struct Reaper {
     wake: io::PipeReader,
     exit_watch: ExitWatch,
     watched: Vec<Watched>,
+    /// Spawns waiting for their time, in no order (there are few).
+    pending: Vec<(Instant, SpawnRequest)>,
     buf: Vec<u8>,
 }
 
@@ -486,6 +516,7 @@ impl Reaper {
             wake,
             exit_watch,
             watched: Vec::new(),
+            pending: Vec::new(),
             buf: vec![0; 64 * 1024],
         }
     }
@@ -534,6 +565,7 @@ impl Reaper {
                 (false, false, true) => EXIT_POLL_MS,
                 (false, false, false) => -1,
             };
+            let timeout = self.until_pending(timeout);
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!(target: "swarmexec", "reaper cannot poll: {e}");
                 std::thread::sleep(Duration::from_millis(EXIT_POLL_MS as u64));
@@ -555,6 +587,7 @@ impl Reaper {
             if emptying {
                 self.reap_emptied();
             }
+            self.spawn_pending();
             if fds[0].revents != 0 && !self.take_commands() {
                 return;
             }
@@ -567,40 +600,8 @@ impl Reaper {
         let _ = self.wake.read(&mut self.buf);
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Spawn(request)) => {
-                    let SpawnRequest {
-                        plan,
-                        pipes,
-                        log_capacity,
-                        cgroup,
-                        reply,
-                    } = *request;
-                    let spawned = sys::spawn(&plan);
-                    if spawned.is_err() {
-                        if let Some(cgroup) = &cgroup {
-                            cgroup.remove();
-                        }
-                    }
-                    let observer = match &reply {
-                        Reply::Observer(observer) => Some(Arc::clone(observer)),
-                        Reply::Waiting(_) => None,
-                    };
-                    let spawned = spawned.map(|pid| {
-                        let mut process = Process::new(pid, log_capacity, cgroup);
-                        process.observer = observer;
-                        let process = Arc::new(process);
-                        self.watch(Arc::clone(&process), pipes);
-                        process
-                    });
-                    match (reply, spawned) {
-                        // The caller waits for the answer; it can only have gone if
-                        // it panicked, and then the process is watched and killed as
-                        // usual.
-                        (Reply::Waiting(reply), spawned) => drop(reply.send(spawned)),
-                        (Reply::Observer(observer), Ok(process)) => observer.spawned(&process),
-                        (Reply::Observer(observer), Err(e)) => observer.failed(e),
-                    }
-                }
+                Ok(Command::Spawn(request)) => self.spawn(*request),
+                Ok(Command::SpawnAt(at, request)) => self.pending.push((at, *request)),
                 Ok(Command::Forget(process)) => {
                     for w in self
                         .watched
@@ -617,6 +618,67 @@ impl Reaper {
                     return false;
                 }
             }
+        }
+    }
+
+    fn spawn(&mut self, request: SpawnRequest) {
+        let SpawnRequest {
+            plan,
+            pipes,
+            log_capacity,
+            cgroup,
+            reply,
+        } = request;
+        let spawned = sys::spawn(&plan);
+        if spawned.is_err() {
+            if let Some(cgroup) = &cgroup {
+                cgroup.remove();
+            }
+        }
+        let observer = match &reply {
+            Reply::Observer(observer) => Some(Arc::clone(observer)),
+            Reply::Waiting(_) => None,
+        };
+        let spawned = spawned.map(|pid| {
+            let mut process = Process::new(pid, log_capacity, cgroup);
+            process.observer = observer;
+            let process = Arc::new(process);
+            self.watch(Arc::clone(&process), pipes);
+            process
+        });
+        match (reply, spawned) {
+            // The caller waits for the answer; it can only have gone if it
+            // panicked, and then the process is watched and killed as usual.
+            (Reply::Waiting(reply), spawned) => drop(reply.send(spawned)),
+            (Reply::Observer(observer), Ok(process)) => observer.spawned(&process),
+            (Reply::Observer(observer), Err(e)) => observer.failed(e),
+        }
+    }
+
+    /// `timeout` (milliseconds, -1 for none), shortened to the next pending spawn.
+    fn until_pending(&self, timeout: libc::c_int) -> libc::c_int {
+        let Some(next) = self.pending.iter().map(|(at, _)| *at).min() else {
+            return timeout;
+        };
+        // Rounded up: poll would otherwise wake just before the time, to no end.
+        let wait = next.saturating_duration_since(Instant::now());
+        let wait = wait
+            .as_micros()
+            .div_ceil(1000)
+            .min(libc::c_int::MAX as u128) as libc::c_int;
+        if timeout < 0 {
+            wait
+        } else {
+            timeout.min(wait)
+        }
+    }
+
+    /// Spawns the pending requests whose time has come.
+    fn spawn_pending(&mut self) {
+        let now = Instant::now();
+        while let Some(i) = self.pending.iter().position(|(at, _)| *at <= now) {
+            let (_, request) = self.pending.swap_remove(i);
+            self.spawn(request);
         }
     }
 
@@ -761,22 +823,27 @@ mod tests {
     use super::*;
     use std::ffi::CString;
 
-    fn spawn(script: &str, supervisor: &Supervisor) -> Arc<Process> {
-        let (stdout, stdout_w) = sys::pipe().unwrap();
-        let (stderr, stderr_w) = sys::pipe().unwrap();
+    /// `sh -c script`, with `stdout` and `stderr`.
+    fn plan(script: &str, stdout: OwnedFd, stderr: OwnedFd) -> SpawnPlan {
         let stdin = File::open("/dev/null").unwrap();
         let c = |s: &str| CString::new(s).unwrap();
-        let plan = SpawnPlan {
+        SpawnPlan {
             program: c("/bin/sh"),
             argv: vec![c("sh"), c("-c"), c(script)],
             env: vec![],
             dir: None,
             credentials: None,
             rlimits: vec![],
-            stdio: [stdin.into(), stdout_w, stderr_w],
+            stdio: [stdin.into(), stdout, stderr],
             cgroups: Default::default(),
             die_with_parent: true,
-        };
+        }
+    }
+
+    fn spawn(script: &str, supervisor: &Supervisor) -> Arc<Process> {
+        let (stdout, stdout_w) = sys::pipe().unwrap();
+        let (stderr, stderr_w) = sys::pipe().unwrap();
+        let plan = plan(script, stdout_w, stderr_w);
         let pipes = Pipes {
             stdout: Some(stdout.into()),
             stderr: Some(stderr.into()),
@@ -812,5 +879,37 @@ mod tests {
         }
         // Signalling after the reap is a no-op, never a signal to a reused pid.
         sleeper.signal_group(libc::SIGKILL).unwrap();
+    }
+
+    /// Tells a channel when the process it observes started.
+    struct Started(Sender<Instant>);
+
+    impl Observer for Started {
+        fn spawned(&self, _: &Arc<Process>) {
+            let _ = self.0.send(Instant::now());
+        }
+        fn failed(&self, error: SpawnError) {
+            panic!("{:?}", error.error);
+        }
+        fn ended(&self, _: &Process) {}
+    }
+
+    #[test]
+    fn a_spawn_at_a_time_waits_for_it_and_never_happens_once_the_supervisor_is_gone() {
+        let null = || OwnedFd::from(File::create("/dev/null").unwrap());
+        let (started, starts) = crossbeam_channel::unbounded();
+        let observer = Arc::new(Started(started));
+        let supervisor = Supervisor::new();
+        let at = Instant::now() + Duration::from_millis(100);
+        supervisor.spawn_at(at, plan("exit 0", null(), null()), observer.clone());
+        let spawned = starts.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(spawned >= at, "spawned {:?} early", at - spawned);
+
+        let later = Instant::now() + Duration::from_secs(60);
+        supervisor.spawn_at(later, plan("exit 0", null(), null()), observer.clone());
+        drop(supervisor);
+        // The pending request, and its descriptors, went with the reaper.
+        assert_eq!(Arc::strong_count(&observer), 1);
+        assert!(starts.try_recv().is_err());
     }
 }

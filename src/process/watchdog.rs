@@ -23,8 +23,11 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::supervisor::{Pipes, Supervisor};
-use super::sys::{self, SpawnPlan};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::supervisor::{Observer, Process, Supervisor};
+use super::sys::{self, SpawnError, SpawnPlan};
 
 /// What the `sh` the reaper starts runs, `$0` being the `cgroup.kill` file: it
 /// starts the watchdog in a session of its own (out of reach of the group kill the
@@ -43,9 +46,13 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts, through `supervisor`, a watchdog that writes `kill_file` (a v2
-    /// `cgroup.kill`) when this process dies.
-    pub(crate) fn start(supervisor: &Supervisor, kill_file: &Path) -> Result<Watchdog, String> {
+    /// Has `supervisor` start, at `at`, a watchdog that writes `kill_file` (a v2
+    /// `cgroup.kill`) when this process dies. A failure to start then is logged.
+    pub(crate) fn arm(
+        supervisor: &Supervisor,
+        kill_file: &Path,
+        at: Instant,
+    ) -> Result<Watchdog, String> {
         let fail = |e: &dyn std::fmt::Display| format!("cannot start the watchdog: {e}");
         let (read, alive) = sys::pipe().map_err(|e| fail(&e))?;
         let null = || {
@@ -71,15 +78,26 @@ impl Watchdog {
             // It must outlive us: that is what it is for.
             die_with_parent: false,
         };
-        let no_output = Pipes {
-            stdout: None,
-            stderr: None,
-        };
         // The plan, with our copy of the pipe's read end, is gone once spawned; the
         // reaper reaps the `sh` that puts the watchdog in the background.
-        supervisor
-            .spawn(plan, no_output, 0, None)
-            .map_err(|e| fail(&e.error))?;
+        supervisor.spawn_at(at, plan, Arc::new(Unwatched));
         Ok(Watchdog { _alive: alive })
     }
+}
+
+/// Hears how the watchdog's start went: only a failure is news.
+struct Unwatched;
+
+impl Observer for Unwatched {
+    fn spawned(&self, _: &Arc<Process>) {}
+
+    fn failed(&self, error: SpawnError) {
+        log::warn!(
+            target: "swarmexec",
+            "cannot start the watchdog: {}; if this process dies, its tasks' programs die with it, but not what they started",
+            error.error
+        );
+    }
+
+    fn ended(&self, _: &Process) {}
 }
