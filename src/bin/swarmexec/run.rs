@@ -5,18 +5,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, unbounded, Receiver};
-use swarmexec::agent::TaskManager;
+use std::os::fd::AsFd;
+
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use swarmexec::agent::{StatusReporter, TaskManager};
 use swarmexec::api::*;
 use swarmexec::process::{login_environment, ProcessController, ProcessExecutor, StartFailure};
-use swarmexec::{CancelToken, ConfigsProvider, Controller, SecretsProvider};
+use swarmexec::{CancelToken, ConfigsProvider, Controller, Error, SecretsProvider};
 
 use crate::args::RunOptions;
+use crate::signals::{self, Request, Signals};
+use crate::sys::{self, Wakeup};
+use crate::{fail, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_OWN_FAILURE};
 
 /// How often a run looks at its program's health.
 const HEALTH_POLL: Duration = Duration::from_millis(50);
-use crate::signals::{self, Request};
-use crate::{fail, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_OWN_FAILURE};
 
 /// Where runs keep their task files unless told: memory-backed where the host has
 /// such a place, so that secrets stay off disk, and the same for every run of a
@@ -35,9 +38,9 @@ pub(crate) fn default_state_dir() -> PathBuf {
 
 pub(crate) fn run(options: RunOptions) -> ExitCode {
     // Before any thread starts, so that every thread inherits the blocked mask.
-    let signals = match signals::watch() {
+    let signals = match signals::take() {
         Ok(signals) => signals,
-        Err(e) => return fail(&format!("cannot watch signals: {e}")),
+        Err(e) => return fail(&format!("cannot take signals: {e}")),
     };
     let state_dir = options.state_dir.clone().unwrap_or_else(default_state_dir);
     let executor = match ProcessExecutor::new(&state_dir) {
@@ -52,7 +55,10 @@ pub(crate) fn run(options: RunOptions) -> ExitCode {
         Ok(controller) => Arc::new(controller),
         Err(e) => return fail(&e),
     };
-    let (reports, statuses) = unbounded();
+    let (reports, statuses) = match reports() {
+        Ok(channel) => channel,
+        Err(e) => return fail(&format!("cannot follow the task: {e}")),
+    };
     let manager = TaskManager::new(
         task.clone(),
         Arc::clone(&controller) as Arc<dyn Controller>,
@@ -155,58 +161,82 @@ struct Run<'a> {
 impl Run<'_> {
     /// Prints the transitions and acts on signals until the task ends; returns the
     /// command's exit code.
-    fn follow(
-        &self,
-        statuses: &Receiver<(String, TaskStatus)>,
-        signals: &Receiver<Request>,
-    ) -> ExitCode {
+    fn follow(&self, statuses: &Statuses, signals: &Signals) -> ExitCode {
         let mut last_state = None;
         let mut last_health = None;
         let mut stopping = false;
         // Health is looked at a few times a second, where there is a check.
         let checked =
             matches!(&self.task.spec.runtime, Some(Runtime::Process(p)) if p.healthcheck.is_some());
-        let health_tick = if checked {
-            crossbeam_channel::tick(HEALTH_POLL)
-        } else {
-            crossbeam_channel::never()
-        };
+        let timeout = checked.then_some(HEALTH_POLL);
         loop {
-            select! {
-                recv(health_tick) -> _ => self.report_health(&mut last_health),
-                recv(statuses) -> report => {
-                    let Ok((_, status)) = report else {
-                        return fail(&"the task manager stopped reporting");
-                    };
-                    // A health transition comes before the state it led to.
-                    self.report_health(&mut last_health);
-                    if status.state.is_terminal() {
-                        return self.finish(&status);
+            let ready = sys::poll([statuses.wakeup.as_fd(), signals.as_fd()], timeout);
+            let [reported, signalled] = match ready {
+                Ok(ready) => ready,
+                Err(e) => return fail(&format!("cannot wait for the task: {e}")),
+            };
+            if signalled {
+                self.take_signals(signals, &mut stopping);
+            }
+            if checked {
+                self.report_health(&mut last_health);
+            }
+            if !reported {
+                continue;
+            }
+            // Cleared before the channel is read: a report sent after the read wakes
+            // the next poll.
+            statuses.wakeup.clear();
+            loop {
+                let status = match statuses.reports.try_recv() {
+                    Ok((_, status)) => status,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        return fail(&"the task manager stopped reporting")
                     }
-                    if last_state != Some(status.state) && !self.quiet {
-                        eprintln!("{}", self.line(&status, None));
-                    }
-                    last_state = Some(status.state);
+                };
+                // A health transition comes before the state it led to.
+                self.report_health(&mut last_health);
+                if status.state.is_terminal() {
+                    return self.finish(&status);
                 }
-                recv(signals) -> request => match request {
-                    Ok(Request::Stop) if stopping => {
-                        // A second one: no more grace.
-                        if let Err(e) = self.controller.terminate(&CancelToken::new()) {
-                            eprintln!("swarmexec: cannot kill the program: {e}");
-                        }
+                if last_state != Some(status.state) && !self.quiet {
+                    eprintln!("{}", self.line(&status, None));
+                }
+                last_state = Some(status.state);
+            }
+        }
+    }
+
+    /// Acts on every pending signal: the first stop request stops the task
+    /// gracefully, the next kills it; the others go to the program.
+    fn take_signals(&self, signals: &Signals, stopping: &mut bool) {
+        loop {
+            match signals.next() {
+                Ok(Some(Request::Stop)) if *stopping => {
+                    // A second one: no more grace.
+                    if let Err(e) = self.controller.terminate(&CancelToken::new()) {
+                        eprintln!("swarmexec: cannot kill the program: {e}");
                     }
-                    Ok(Request::Stop) => {
-                        stopping = true;
-                        let stop = Task { desired_state: TaskState::Shutdown, ..self.task.clone() };
-                        if let Err(e) = self.manager.update(&stop) {
-                            eprintln!("swarmexec: cannot stop the task: {e}");
-                        }
+                }
+                Ok(Some(Request::Stop)) => {
+                    *stopping = true;
+                    let stop = Task {
+                        desired_state: TaskState::Shutdown,
+                        ..self.task.clone()
+                    };
+                    if let Err(e) = self.manager.update(&stop) {
+                        eprintln!("swarmexec: cannot stop the task: {e}");
                     }
-                    Ok(Request::Forward(signal)) => {
-                        // Before the program starts or after it ends there is no one to tell.
-                        let _ = self.controller.signal(signal);
-                    }
-                    Err(_) => {}
+                }
+                Ok(Some(Request::Forward(signal))) => {
+                    // Before the program starts or after it ends there is no one to tell.
+                    let _ = self.controller.signal(signal);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!("swarmexec: cannot take a signal: {e}");
+                    return;
                 }
             }
         }
@@ -296,4 +326,52 @@ fn describe_usage(usage: &ResourceUsage) -> Option<String> {
     });
     let parts: Vec<String> = cpu.into_iter().chain(peak).collect();
     (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The task manager's reports, and the wakeup that tells the thread following the
+/// task that one came.
+struct Statuses {
+    reports: Receiver<(String, TaskStatus)>,
+    wakeup: Arc<Wakeup>,
+}
+
+/// Sends the task manager's reports and wakes the thread following the task, also
+/// when the manager lets go of it (so that it learns of a manager that stopped).
+struct Reporter {
+    /// Taken when the reporter goes, before the last wake-up.
+    reports: Option<Sender<(String, TaskStatus)>>,
+    wakeup: Arc<Wakeup>,
+}
+
+fn reports() -> std::io::Result<(Reporter, Statuses)> {
+    let wakeup = Arc::new(Wakeup::new()?);
+    let (tx, rx) = unbounded();
+    let reporter = Reporter {
+        reports: Some(tx),
+        wakeup: Arc::clone(&wakeup),
+    };
+    Ok((
+        reporter,
+        Statuses {
+            reports: rx,
+            wakeup,
+        },
+    ))
+}
+
+impl StatusReporter for Reporter {
+    fn update_task_status(&self, task_id: &str, status: &TaskStatus) -> Result<(), Error> {
+        let reports = self.reports.as_ref().ok_or(Error::Canceled)?;
+        reports.update_task_status(task_id, status)?;
+        self.wakeup.wake();
+        Ok(())
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        // Disconnected first, so that the woken thread finds the channel closed.
+        self.reports.take();
+        self.wakeup.wake();
+    }
 }

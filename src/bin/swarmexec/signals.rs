@@ -1,11 +1,12 @@
-//! The signals the command takes, as messages: blocked in every thread and taken
-//! by one thread with `sigwait`, so that no handler runs and nothing
-//! async-signal-unsafe is ever needed. Programs the executor starts get every
-//! signal at its default and an empty mask whatever the command blocks.
+//! The signals the command takes, as requests: blocked in every thread and read
+//! from a signalfd by the thread that follows the task, so that no handler runs,
+//! nothing async-signal-unsafe is ever needed, and no thread waits for signals
+//! alone. Programs the executor starts get every signal at its default and an
+//! empty mask whatever the command blocks.
 
-use crossbeam_channel::{unbounded, Receiver};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::sys::SignalSet;
+use crate::sys::{SignalFd, SignalSet};
 
 /// What a signal asks of the running task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,27 +28,35 @@ const TAKEN: [(libc::c_int, Request); 7] = [
     (libc::SIGWINCH, Request::Forward("SIGWINCH")),
 ];
 
-/// Blocks the signals the command takes, then starts the thread that takes
-/// them. Call it before any other thread starts, so that every thread inherits
-/// the mask and no signal reaches a thread that would act on it by default.
-pub(crate) fn watch() -> std::io::Result<Receiver<Request>> {
+/// The signals the command takes, pending until taken.
+pub(crate) struct Signals(SignalFd);
+
+/// Blocks the signals the command takes. Call it before any other thread starts,
+/// so that every thread inherits the mask and no signal reaches a thread that
+/// would act on it by default.
+pub(crate) fn take() -> std::io::Result<Signals> {
     let numbers: Vec<libc::c_int> = TAKEN.iter().map(|(number, _)| *number).collect();
     let set = SignalSet::of(&numbers);
     set.block()?;
-    let (tx, rx) = unbounded();
-    std::thread::Builder::new()
-        .name("swarmexec-signals".into())
-        .spawn(move || loop {
-            let Ok(signal) = set.wait() else { continue };
-            let request = TAKEN
-                .iter()
-                .find(|(number, _)| *number == signal)
-                .map(|(_, r)| *r);
-            if let Some(request) = request {
-                if tx.send(request).is_err() {
-                    return;
-                }
+    Ok(Signals(set.descriptor()?))
+}
+
+impl Signals {
+    /// What the next pending signal asks; `None` when none is pending.
+    pub(crate) fn next(&self) -> std::io::Result<Option<Request>> {
+        while let Some(signal) = self.0.take()? {
+            let request = TAKEN.iter().find(|(number, _)| *number == signal);
+            if let Some((_, request)) = request {
+                return Ok(Some(*request));
             }
-        })?;
-    Ok(rx)
+        }
+        Ok(None)
+    }
+}
+
+impl AsFd for Signals {
+    /// Readable while a signal is pending.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }

@@ -1,6 +1,7 @@
 //! The command's libc calls, each behind a small safe function.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// A set of signals.
 #[derive(Clone, Copy)]
@@ -31,13 +32,105 @@ impl SignalSet {
         }
     }
 
-    /// Waits for one of the (blocked) signals of the set to arrive and takes it.
-    pub(crate) fn wait(&self) -> io::Result<libc::c_int> {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: a valid sigset_t and a writable c_int.
-        match unsafe { libc::sigwait(&self.0, &mut signal) } {
-            0 => Ok(signal),
-            errno => Err(io::Error::from_raw_os_error(errno)),
+    /// A descriptor, readable while a signal of the set is pending, from which
+    /// [`SignalFd::take`] takes them. The set must be blocked in every thread.
+    pub(crate) fn descriptor(&self) -> io::Result<SignalFd> {
+        // SAFETY: a valid sigset_t; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        Ok(SignalFd(owned(fd)?))
+    }
+}
+
+/// Pending signals, to be taken one at a time.
+pub(crate) struct SignalFd(OwnedFd);
+
+impl SignalFd {
+    /// A pending signal, taken; `None` when none is pending.
+    pub(crate) fn take(&self) -> io::Result<Option<libc::c_int>> {
+        // SAFETY: signalfd_siginfo is plain data; the kernel fills it whole.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`.
+        let n = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        match n {
+            n if n == size as isize => Ok(Some(info.ssi_signo as libc::c_int)),
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Ok(None),
+            -1 => Err(io::Error::last_os_error()),
+            _ => Err(io::Error::other("a short read from a signalfd")),
         }
     }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// A counter another thread bumps to wake a thread in [`poll`].
+pub(crate) struct Wakeup(OwnedFd);
+
+impl Wakeup {
+    pub(crate) fn new() -> io::Result<Wakeup> {
+        // SAFETY: eventfd takes integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        Ok(Wakeup(owned(fd)?))
+    }
+
+    /// Makes the descriptor readable. Cannot block: at worst (a counter near its
+    /// maximum) it is readable already.
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes eight bytes from a live u64.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Makes the descriptor unreadable until the next [`wake`](Wakeup::wake).
+    pub(crate) fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads eight bytes into a live u64; fails harmlessly when not woken.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+impl AsFd for Wakeup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable, or `timeout` passes (`None`: no limit);
+/// returns which are readable. An interrupted wait returns none.
+pub(crate) fn poll<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<[bool; N]> {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let timeout = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `polled` holds N valid pollfd entries.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, timeout) };
+    match n {
+        -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok([false; N]),
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(polled.map(|p| p.revents != 0)),
+    }
+}
+
+/// Takes ownership of a descriptor a call returned, or of its error (-1).
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
