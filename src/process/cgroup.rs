@@ -235,6 +235,12 @@ impl Place {
     fn was_made(&self) -> bool {
         matches!(self.made.get(), Some(Ok(())))
     }
+
+    /// Makes sure it will not be made from now on; waits while it is being made.
+    fn seal(&self) {
+        self.made
+            .get_or_init(|| Err(format!("{} was removed", self.dir.display())));
+    }
 }
 
 /// An executor's cgroups: the parent it made in each hierarchy it uses.
@@ -258,8 +264,10 @@ impl Cgroups {
             .as_ref()
             .map(|v2| v2_available_controllers(v2, parent))
             .unwrap_or_default();
-        // Made at once for containment, which every task needs; for a limit, when
-        // a task first has one (on a hybrid host each is a directory more).
+        // Made for a limit when a task first has one (on a hybrid host each is a
+        // directory more); for containment, which every task needs, at once where
+        // its controllers must be enabled, else by the first task or ahead of it in
+        // the background (see `make_ahead`).
         let place = |hierarchy: &Option<Hierarchy>| -> Option<Arc<Place>> {
             let hierarchy = hierarchy.as_ref()?;
             let base = base_dir(hierarchy, parent, !v2_controllers.is_empty());
@@ -275,7 +283,10 @@ impl Cgroups {
             }))
         };
         let made = |place: Option<Arc<Place>>| place.filter(|p| p.make().is_ok());
-        let v2 = made(place(&mounts.v2));
+        let v2 = match v2_controllers.is_empty() {
+            true => place(&mounts.v2),
+            false => made(place(&mounts.v2)),
+        };
         if let Some(v2) = &v2 {
             enable_controllers(v2, &v2_controllers, &mounts);
         }
@@ -299,6 +310,18 @@ impl Cgroups {
         }
     }
 
+    /// What makes the executor's containment cgroup ahead of its first task, for
+    /// a thread with nothing better to do; `None` once it was made. Whoever needs
+    /// it first makes it (or waits while it is being made).
+    pub(crate) fn make_ahead(&self) -> Option<impl FnOnce() + Send + 'static> {
+        let containment = self
+            .containment
+            .as_ref()
+            .filter(|c| c.made.get().is_none())?;
+        let containment = Arc::clone(containment);
+        Some(move || drop(containment.make()))
+    }
+
     /// No cgroups: tasks are held together by their process group only.
     pub(crate) fn none() -> Cgroups {
         Cgroups {
@@ -317,18 +340,31 @@ impl Cgroups {
         kill.exists().then_some(kill)
     }
 
+    /// The containment cgroup, made (or waited for while it is being made); `None`
+    /// where there is none or it cannot be made: then tasks are held together by
+    /// their process group only.
+    fn made_containment(&self) -> Option<&Arc<Place>> {
+        self.containment.as_ref().filter(|c| c.make().is_ok())
+    }
+
     /// What is in force.
     pub(crate) fn containment(&self) -> Containment {
-        let method = match self.containment.as_deref() {
-            Some(Place { v2: true, .. }) => "cgroup v2",
-            Some(Place { v2: false, .. }) => "cgroup v1 freezer",
+        let containment = self.made_containment();
+        let method = match containment.map(|c| c.v2) {
+            Some(true) => "cgroup v2",
+            Some(false) => "cgroup v1 freezer",
             None => "process group",
         };
-        let mut cgroups: Vec<PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
-            .into_iter()
-            .flatten()
-            .map(|p| p.dir.clone())
-            .collect();
+        let mut cgroups: Vec<PathBuf> = [
+            containment,
+            self.memory.as_ref(),
+            self.pids.as_ref(),
+            self.cpu.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| p.dir.clone())
+        .collect();
         cgroups.dedup();
         Containment {
             method,
@@ -370,7 +406,7 @@ impl Cgroups {
     /// Makes the task's cgroups, named `name`, with `limits` set (checked by
     /// [`check`](Cgroups::check)); `None` without containment.
     pub(crate) fn create(&self, name: &str, limits: &Limits) -> Result<Option<TaskCgroup>, Error> {
-        let Some(containment) = &self.containment else {
+        let Some(containment) = self.made_containment() else {
             return Ok(None);
         };
         let mut task = TaskCgroup {
@@ -396,6 +432,7 @@ impl Cgroups {
         let mut dirs: Vec<&PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
             .into_iter()
             .flatten()
+            .inspect(|p| p.seal())
             .filter(|p| p.was_made())
             .map(|p| &p.dir)
             .collect();
@@ -877,5 +914,30 @@ mod tests {
         assert_eq!(counter(events, "oom_kill"), Some(2));
         assert_eq!(counter(events, "oom"), Some(1));
         assert_eq!(counter(events, "none"), None);
+    }
+
+    #[test]
+    fn the_containment_cgroup_made_ahead_is_made_once_and_never_after_removal() {
+        let owner = Owner::new();
+        let cgroups = Cgroups::new(&owner, None);
+        let Some(ahead) = cgroups.make_ahead() else {
+            // No cgroups here (or no permission): nothing to make, and none in force.
+            assert_eq!(cgroups.containment().method, "process group");
+            return;
+        };
+        let dir = cgroups.containment.as_ref().unwrap().dir.clone();
+        ahead();
+        assert!(dir.is_dir());
+        assert!(cgroups.make_ahead().is_none(), "made once");
+        cgroups.remove();
+        assert!(!dir.exists());
+
+        // Removed before the chore ran: the chore makes nothing.
+        let cgroups = Cgroups::new(&Owner::new(), None);
+        let ahead = cgroups.make_ahead().unwrap();
+        let dir = cgroups.containment.as_ref().unwrap().dir.clone();
+        cgroups.remove();
+        ahead();
+        assert!(!dir.exists(), "{} made after removal", dir.display());
     }
 }

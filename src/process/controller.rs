@@ -74,6 +74,14 @@ pub(crate) struct Environment {
 }
 
 impl Environment {
+    /// Has the reaper make the executor's cgroup while the caller goes on to its
+    /// first task: on a small host that takes as long as the rest of a short run.
+    pub(crate) fn make_cgroups_ahead(&self) {
+        if let Some(chore) = self.cgroups.0.make_ahead() {
+            self.supervisor.run_ahead(chore);
+        }
+    }
+
     /// Arms the watchdog, where the executor's tasks can all be killed through one
     /// cgroup: it starts [`WATCHDOG_DELAY`] from now, unless the executor is gone
     /// by then, so that a program that lasts a moment does not pay for it.

@@ -165,15 +165,17 @@ impl ProcessExecutor {
             .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
         controller::remove_dead_owners_files(&state_dir);
         let owner = Owner::new();
+        let env = Environment {
+            supervisor: Supervisor::new(),
+            watchdog: OnceLock::new(),
+            cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
+            owner,
+            state_dir,
+            dependencies: Arc::new(DependencyStore::new()),
+        };
+        env.make_cgroups_ahead();
         Ok(ProcessExecutor {
-            env: Arc::new(Environment {
-                supervisor: Supervisor::new(),
-                watchdog: OnceLock::new(),
-                cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
-                owner,
-                state_dir,
-                dependencies: Arc::new(DependencyStore::new()),
-            }),
+            env: Arc::new(env),
             node_id: Mutex::new(String::new()),
             log_capacity: DEFAULT_LOG_CAPACITY,
         })
@@ -197,7 +199,10 @@ impl ProcessExecutor {
     fn with_cgroups(mut self, make: impl FnOnce(&Owner) -> Cgroups) -> Self {
         match Arc::get_mut(&mut self.env) {
             // The executor's cgroups made so far go when replaced.
-            Some(env) => env.cgroups = ExecutorCgroups(make(&env.owner)),
+            Some(env) => {
+                env.cgroups = ExecutorCgroups(make(&env.owner));
+                env.make_cgroups_ahead();
+            }
             None => log::warn!(
                 target: "swarmexec",
                 "cgroups are chosen before controllers are made; left as they were"

@@ -261,6 +261,8 @@ enum Command {
     /// Spawn a program, without waiting, once the time given has come (see
     /// [`Supervisor::spawn_at`]).
     SpawnAt(Instant, Box<SpawnRequest>),
+    /// Run a chore of the executor's on the reaper thread.
+    Run(Box<dyn FnOnce() + Send>),
     /// Stop reading the process's pipes: held open by a grandchild that escaped the
     /// group, they could otherwise stay with the reaper for good.
     Forget(Arc<Process>),
@@ -422,6 +424,15 @@ impl Supervisor {
             Some(at) => Command::SpawnAt(at, request),
             None => Command::Spawn(request),
         });
+    }
+
+    /// Runs `chore` on the reaper thread, soon, so that the caller need not wait
+    /// for it: for work that whoever needs its result would otherwise do (or wait
+    /// for) itself. Nothing runs when the reaper cannot start.
+    pub(crate) fn run_ahead(&self, chore: impl FnOnce() + Send + 'static) {
+        if self.ensure_running().is_ok() {
+            self.send(Command::Run(Box::new(chore)));
+        }
     }
 
     /// Tells the reaper to drop the process's pipes.
@@ -602,6 +613,7 @@ impl Reaper {
             match self.commands.try_recv() {
                 Ok(Command::Spawn(request)) => self.spawn(*request),
                 Ok(Command::SpawnAt(at, request)) => self.pending.push((at, *request)),
+                Ok(Command::Run(chore)) => chore(),
                 Ok(Command::Forget(process)) => {
                     for w in self
                         .watched
