@@ -30,7 +30,7 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -71,8 +71,8 @@ struct Mounts {
 impl Mounts {
     fn read() -> Mounts {
         let (Ok(mountinfo), Ok(cgroups)) = (
-            fs::read_to_string("/proc/self/mountinfo"),
-            fs::read_to_string("/proc/self/cgroup"),
+            read_kernel_file(Path::new("/proc/self/mountinfo")),
+            read_kernel_file(Path::new("/proc/self/cgroup")),
         ) else {
             return Mounts::default();
         };
@@ -186,7 +186,7 @@ impl fmt::Display for Owner {
 
 /// Field 22 of `/proc/<pid>/stat`: when the process started.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_kernel_file(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     // The command name, in parentheses, may hold spaces: count after its end.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
@@ -293,7 +293,7 @@ impl Cgroups {
         // The controllers the executor's v2 cgroup hands to its children.
         let enabled = match &v2 {
             Some(v2) if !v2_controllers.is_empty() => {
-                fs::read_to_string(v2.dir.join("cgroup.subtree_control")).unwrap_or_default()
+                read_kernel_file(&v2.dir.join("cgroup.subtree_control")).unwrap_or_default()
             }
             _ => String::new(),
         };
@@ -463,7 +463,7 @@ fn base_dir(hierarchy: &Hierarchy, parent: Option<&Path>, v2_needs_root: bool) -
 /// The controllers of interest the v2 hierarchy has at its root, when this
 /// process may enable them (root, or under a configured parent).
 fn v2_available_controllers(v2: &Hierarchy, parent: Option<&Path>) -> Vec<&'static str> {
-    let Ok(available) = fs::read_to_string(v2.mount.join("cgroup.controllers")) else {
+    let Ok(available) = read_kernel_file(&v2.mount.join("cgroup.controllers")) else {
         return Vec::new();
     };
     let root_or_parent = super::sys::effective_uid() == 0 || parent.is_some();
@@ -502,7 +502,7 @@ fn enable_controllers(v2: &Place, controllers: &[&str], mounts: &Mounts) {
 
 /// True when children of `dir` get `controller` (v2).
 fn has_controller_enabled(dir: &Path, controller: &str) -> bool {
-    fs::read_to_string(dir.join("cgroup.subtree_control"))
+    read_kernel_file(&dir.join("cgroup.subtree_control"))
         .is_ok_and(|enabled| enabled.split_whitespace().any(|c| c == controller))
 }
 
@@ -664,7 +664,7 @@ impl TaskCgroup {
     }
 
     fn kill_members(&self) -> io::Result<()> {
-        let procs = fs::read_to_string(self.containment.join("cgroup.procs"))?;
+        let procs = read_kernel_file(&self.containment.join("cgroup.procs"))?;
         for pid in procs
             .lines()
             .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
@@ -713,30 +713,38 @@ impl TaskCgroup {
 
     /// What the task has used so far.
     pub(crate) fn usage(&self) -> ResourceUsage {
+        let memory_bytes = match &self.memory {
+            Some((dir, true)) => number(&dir.join("memory.current")),
+            Some((dir, false)) => number(&dir.join("memory.usage_in_bytes")),
+            None => None,
+        };
+        let processes = read_trimmed(&self.containment.join("cgroup.procs"))
+            .map(|procs| procs.lines().count() as u64);
+        ResourceUsage {
+            memory_bytes,
+            processes,
+            ..self.totals()
+        }
+    }
+
+    /// What the task has used in all: CPU time and peak memory, where the cgroups
+    /// count them (the rest of [`usage`](TaskCgroup::usage) is about now).
+    pub(crate) fn totals(&self) -> ResourceUsage {
         let cpu = if self.v2 {
             let stat = read_trimmed(&self.containment.join("cpu.stat")).unwrap_or_default();
             counter(&stat, "usage_usec").map(Duration::from_micros)
         } else {
             None
         };
-        let (memory_bytes, memory_peak_bytes) = match &self.memory {
-            Some((dir, true)) => (
-                number(&dir.join("memory.current")),
-                number(&dir.join("memory.peak")),
-            ),
-            Some((dir, false)) => (
-                number(&dir.join("memory.usage_in_bytes")),
-                number(&dir.join("memory.max_usage_in_bytes")),
-            ),
-            None => (None, None),
+        let memory_peak_bytes = match &self.memory {
+            Some((dir, true)) => number(&dir.join("memory.peak")),
+            Some((dir, false)) => number(&dir.join("memory.max_usage_in_bytes")),
+            None => None,
         };
-        let processes = read_trimmed(&self.containment.join("cgroup.procs"))
-            .map(|procs| procs.lines().count() as u64);
         ResourceUsage {
             cpu,
-            memory_bytes,
             memory_peak_bytes,
-            processes,
+            ..ResourceUsage::default()
         }
     }
 
@@ -825,7 +833,29 @@ fn write(path: &Path, content: &str) -> io::Result<()> {
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+    read_kernel_file(path).ok().map(|s| s.trim().to_owned())
+}
+
+/// A file the kernel makes up as it is read (procfs, cgroupfs), which reports no
+/// size: read into a buffer sized for the usual content, so that it takes one read
+/// and one to see its end (the standard library would probe 32 bytes, then grow).
+fn read_kernel_file(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut text = vec![0; 8192];
+    let mut len = 0;
+    loop {
+        if len == text.len() {
+            text.resize(len * 2, 0);
+        }
+        match file.read(&mut text[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    text.truncate(len);
+    String::from_utf8(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn number(path: &Path) -> Option<u64> {

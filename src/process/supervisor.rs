@@ -185,7 +185,7 @@ impl Process {
         }
         let (mut usage, out_of_memory) = match &self.cgroup {
             Some(cgroup) => {
-                let ended = (cgroup.usage(), cgroup.oom_kills() > 0);
+                let ended = (cgroup.totals(), cgroup.oom_kills() > 0);
                 cgroup.remove();
                 ended
             }
@@ -204,7 +204,6 @@ impl Process {
                 None
             }
         };
-        usage.memory_bytes = None;
         usage.processes = Some(0);
         *reaped = Some(Exit {
             status,
