@@ -37,6 +37,8 @@ pub(crate) fn default_state_dir() -> PathBuf {
 }
 
 pub(crate) fn run(options: RunOptions) -> ExitCode {
+    // Before any thread allocates.
+    sys::share_one_malloc_arena();
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = match signals::take() {
         Ok(signals) => signals,
