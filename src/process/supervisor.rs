@@ -56,6 +56,9 @@ const EMPTYING_LIMIT: Duration = Duration::from_secs(10);
 /// How often output held back for a lagging follower is looked at again.
 const HELD_BACK_POLL_MS: libc::c_int = 2;
 
+/// The most output taken from a pipe in one read.
+const OUTPUT_READ: usize = 64 * 1024;
+
 /// How often a cgroup being emptied is looked at.
 const EMPTYING_POLL_MS: libc::c_int = 1;
 
@@ -508,6 +511,8 @@ struct Reaper {
     watched: Vec<Watched>,
     /// Spawns waiting for their time, in no order (there are few).
     pending: Vec<(Instant, SpawnRequest)>,
+    /// For reading output: allocated by the first read, as a reaper that only
+    /// reaps (every stream inherited) needs none.
     buf: Vec<u8>,
 }
 
@@ -527,7 +532,7 @@ impl Reaper {
             exit_watch,
             watched: Vec::new(),
             pending: Vec::new(),
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
         }
     }
 
@@ -607,7 +612,8 @@ impl Reaper {
 
     /// Applies queued commands; false once every sender is gone.
     fn take_commands(&mut self) -> bool {
-        let _ = self.wake.read(&mut self.buf);
+        // Each command came with a byte: one read takes the wake-ups of many.
+        let _ = self.wake.read(&mut [0; 512]);
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Spawn(request)) => self.spawn(*request),
@@ -797,6 +803,9 @@ impl Reaper {
             &mut w.stderr
         };
         let Some(file) = pipe else { return };
+        if self.buf.is_empty() {
+            self.buf = vec![0; OUTPUT_READ];
+        }
         let limit = w.process.logs.read_limit(self.buf.len());
         match file.read(&mut self.buf[..limit]) {
             Ok(n) if n > 0 => w.process.logs.append(stream, &self.buf[..n]),

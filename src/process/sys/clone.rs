@@ -16,6 +16,7 @@
 
 use std::ffi::c_void;
 use std::io;
+use std::mem::MaybeUninit;
 
 /// What the child runs, on its own stack: the argument is `arg`; it must not
 /// return (it calls `exec` or `_exit`).
@@ -29,7 +30,9 @@ pub(super) struct Stack {
 
 impl Stack {
     /// The 16-byte aligned part of `memory`, which must outlive the child's use.
-    pub(super) fn within(memory: &mut [u8]) -> Stack {
+    /// Nothing is read from it that the child did not write: it needs no zeroing,
+    /// and pages the child never touches are never faulted in.
+    pub(super) fn within(memory: &mut [MaybeUninit<u8>]) -> Stack {
         let start = memory.as_mut_ptr() as usize;
         let base = (start + 15) & !15;
         let size = (memory.len().saturating_sub(base - start)) & !15;

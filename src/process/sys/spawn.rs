@@ -185,8 +185,8 @@ fn launch(
         parent: unsafe { libc::getpid() },
         error_fd: error_write.as_raw_fd(),
     };
-    let mut memory = vec![0u8; CHILD_STACK];
-    let stack = Stack::within(&mut memory);
+    let mut memory = Vec::with_capacity(CHILD_STACK);
+    let stack = Stack::within(memory.spare_capacity_mut());
     let arg = &args as *const ChildArgs as *mut c_void;
     let blocked = block_all_signals().map_err(SpawnError::setup)?;
     // SAFETY: `child` only reads `args` and calls async-signal-safe system calls;
