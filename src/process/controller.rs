@@ -910,7 +910,7 @@ fn run_plan(
         rlimits: launch.rlimits.clone(),
         stdio,
         cgroups: Default::default(),
-        die_with_parent: true,
+        tie: sys::Tie::DiesWithParent,
     })
 }
 

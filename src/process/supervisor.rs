@@ -856,7 +856,7 @@ mod tests {
             rlimits: vec![],
             stdio: [stdin.into(), stdout, stderr],
             cgroups: Default::default(),
-            die_with_parent: true,
+            tie: sys::Tie::DiesWithParent,
         }
     }
 

@@ -13,30 +13,25 @@
 //! for it; a host that dies sooner leaves what its tasks started to the next
 //! executor on its state directory.
 //!
-//! The `sh` the reaper starts puts the watchdog in the background and exits at once
-//! (the reaper reaps it), so that the watchdog is no child of the host: a host
-//! counting its children finds none of ours but its tasks.
+//! The watchdog is started detached (see [`sys::Tie::Detached`]): in a session of
+//! its own and no child of the host, so that a host counting or reaping its
+//! children finds none of ours but its tasks. One `sh` and nothing else, so that
+//! starting it costs a running task as little as can be.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::supervisor::{Observer, Process, Supervisor};
-use super::sys::{self, SpawnError, SpawnPlan};
+use super::sys::{self, SpawnError, SpawnPlan, Tie};
 
-/// What the `sh` the reaper starts runs, `$0` being the `cgroup.kill` file: it
-/// starts the watchdog in a session of its own (out of reach of the group kill the
-/// reaper sends when this `sh` exits), waits until the watchdog says it is
-/// detached, and exits. The watchdog reads the pipe (its fd 3: a background job
-/// would get `/dev/null` as stdin) until end-of-file, then kills the cgroup.
-const SCRIPT: &str = "exec 3<&0; { setsid sh -c '\
-    exec 4>&1 >/dev/null; echo >&4; exec 4>&-; read -r _ <&3; echo 1 > \"$0\"' \"$0\" & } \
-    | read -r _";
+/// What the watchdog's `sh` runs, `$0` being the `cgroup.kill` file: it reads its
+/// stdin, the pipe, until end-of-file, then kills the cgroup.
+const SCRIPT: &str = "read -r _; echo 1 > \"$0\"";
 
 /// A running watchdog; dropping it lets it go.
 #[derive(Debug)]
@@ -76,10 +71,10 @@ impl Watchdog {
             stdio: [read, stdout, stderr],
             cgroups: Default::default(),
             // It must outlive us: that is what it is for.
-            die_with_parent: false,
+            tie: Tie::Detached,
         };
         // The plan, with our copy of the pipe's read end, is gone once spawned; the
-        // reaper reaps the `sh` that puts the watchdog in the background.
+        // reaper reaps the watchdog's starter.
         supervisor.spawn_at(at, plan, Arc::new(Unwatched));
         Ok(Watchdog { _alive: alive })
     }

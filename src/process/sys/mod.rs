@@ -17,7 +17,7 @@ use crate::api::{Rlimit, RlimitResource};
 mod clone;
 mod spawn;
 
-pub(crate) use spawn::{pipe, spawn, CgroupJoin, SpawnError, SpawnPlan, SpawnStep};
+pub(crate) use spawn::{pipe, spawn, CgroupJoin, SpawnError, SpawnPlan, SpawnStep, Tie};
 
 /// Converts a `-1` return into the thread's `errno`.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {

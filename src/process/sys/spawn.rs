@@ -41,8 +41,19 @@ pub(crate) struct SpawnPlan {
     pub(crate) stdio: [OwnedFd; 3],
     /// The cgroups the program joins before it executes.
     pub(crate) cgroups: CgroupJoin,
-    /// Kill the program (SIGKILL) when the spawning thread exits.
-    pub(crate) die_with_parent: bool,
+    pub(crate) tie: Tie,
+}
+
+/// How a program's life is tied to this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tie {
+    /// Killed (SIGKILL) when the spawning thread exits; leads a process group.
+    DiesWithParent,
+    /// In a session of its own, and no child of this process: started by a child
+    /// that exits once it has executed, so that init (or the nearest subreaper)
+    /// adopts it. For what must outlive this process and never be counted, or
+    /// reaped, among its children.
+    Detached,
 }
 
 /// The cgroups a program joins before it executes.
@@ -60,6 +71,7 @@ static CLONE_INTO_CGROUP_WORKS: AtomicBool = AtomicBool::new(true);
 
 /// What the child reads: raw pointers into memory the parent keeps alive and
 /// untouched until the child has called `exec` or exited.
+#[derive(Clone, Copy)]
 struct ChildArgs {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -71,7 +83,9 @@ struct ChildArgs {
     stdio: [RawFd; 3],
     cgroups: *const RawFd,
     cgroup_count: usize,
-    die_with_parent: bool,
+    tie: Tie,
+    /// Where a detached program's starter runs the program's child.
+    detached_stack: *const Stack,
     parent: libc::pid_t,
     /// The write end of a close-on-exec pipe: the child writes its errno there
     /// when it fails.
@@ -180,13 +194,25 @@ fn launch(
         ],
         cgroups: joins.as_ptr(),
         cgroup_count: joins.len(),
-        die_with_parent: plan.die_with_parent,
+        tie: plan.tie,
+        detached_stack: std::ptr::null(),
         // SAFETY: getpid cannot fail and touches no memory.
         parent: unsafe { libc::getpid() },
         error_fd: error_write.as_raw_fd(),
     };
     let mut memory = Vec::with_capacity(CHILD_STACK);
     let stack = Stack::within(memory.spare_capacity_mut());
+    let mut detached_memory = Vec::new();
+    let detached_stack = (plan.tie == Tie::Detached).then(|| {
+        detached_memory.reserve_exact(CHILD_STACK);
+        Stack::within(detached_memory.spare_capacity_mut())
+    });
+    let args = ChildArgs {
+        detached_stack: detached_stack
+            .as_ref()
+            .map_or(std::ptr::null(), |s| s as *const Stack),
+        ..args
+    };
     let arg = &args as *const ChildArgs as *mut c_void;
     let blocked = block_all_signals().map_err(SpawnError::setup)?;
     // SAFETY: `child` only reads `args` and calls async-signal-safe system calls;
@@ -232,10 +258,15 @@ fn open_procs(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// The child, between clone and exec.
+/// The child, between clone and exec; for a detached program, its starter.
 extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `spawn` passed a pointer to a live ChildArgs.
     let args = unsafe { &*(arg as *const ChildArgs) };
+    if !args.detached_stack.is_null() {
+        // SAFETY: `spawn` made the stack for this, and keeps it alive.
+        let stack = unsafe { &*args.detached_stack };
+        start_detached(args, stack);
+    }
     let (step, errno) = match set_up(args) {
         Ok(()) => {
             // SAFETY: the pointers are NUL-terminated strings and null-terminated
@@ -245,6 +276,41 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         }
         Err(failed) => failed,
     };
+    fail(args, step, errno)
+}
+
+/// The starter of a detached program: leads a group of its own (so that the
+/// reaper's group kill, when it reaps the starter, reaches nothing else), starts
+/// the program's child as it was started itself, and exits once that child has
+/// executed (or failed, and said so). The child runs [`child`] again, without a
+/// detached stack: it is the one that sets up and executes the program.
+fn start_detached(args: &ChildArgs, stack: &Stack) -> ! {
+    // SAFETY: setpgid takes integers.
+    if let Err(errno) = syscall_ok(unsafe { libc::setpgid(0, 0) }.into()) {
+        fail(args, SpawnStep::Setup, errno);
+    }
+    let program = ChildArgs {
+        detached_stack: std::ptr::null(),
+        ..*args
+    };
+    // SAFETY: as for the starter's own clone: `program` and `stack` live in this
+    // frame or the parent's, both of which outlive the child's use (CLONE_VFORK
+    // suspends this starter until the child has executed or exited).
+    let started = unsafe { clone_vfork(child, &program as *const ChildArgs as *mut c_void, stack) };
+    match started {
+        // The child reported any failure itself.
+        // SAFETY: exits without running anything of the parent's.
+        Ok(_) => unsafe { libc::_exit(0) },
+        Err(e) => fail(
+            args,
+            SpawnStep::Setup,
+            e.raw_os_error().unwrap_or(libc::EINVAL),
+        ),
+    }
+}
+
+/// Writes the failed step and `errno` to the error pipe and exits.
+fn fail(args: &ChildArgs, step: SpawnStep, errno: libc::c_int) -> ! {
     let mut bytes = [0u8; 8];
     bytes[..4].copy_from_slice(&(step as i32).to_ne_bytes());
     bytes[4..].copy_from_slice(&errno.to_ne_bytes());
@@ -292,8 +358,14 @@ fn set_up_process(args: &ChildArgs) -> Result<(), libc::c_int> {
     for signal in (1..=SIGNALS).filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP) {
         set_default_disposition(signal);
     }
-    // SAFETY: setpgid takes integers; (0, 0) makes the child lead its own group.
-    syscall_ok(unsafe { libc::setpgid(0, 0) }.into())?;
+    if args.tie == Tie::Detached {
+        // SAFETY: setsid takes nothing; the child leads no group (its starter
+        // does), so it can lead a new session.
+        syscall_ok(unsafe { libc::setsid() }.into())?;
+    } else {
+        // SAFETY: setpgid takes integers; (0, 0) makes the child lead its own group.
+        syscall_ok(unsafe { libc::setpgid(0, 0) }.into())?;
+    }
     for i in 0..args.cgroup_count {
         // SAFETY: `cgroups` holds `cgroup_count` descriptors.
         let fd = unsafe { *args.cgroups.add(i) };
@@ -302,7 +374,7 @@ fn set_up_process(args: &ChildArgs) -> Result<(), libc::c_int> {
         let written = unsafe { libc::write(fd, b"0".as_ptr() as *const c_void, 1) };
         syscall_ok(written as libc::c_long)?;
     }
-    if args.die_with_parent {
+    if args.tie == Tie::DiesWithParent {
         // SAFETY: prctl with integer arguments.
         let asked = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, zero, zero, zero) };
         syscall_ok(asked.into())?;
@@ -454,6 +526,7 @@ fn restore_signals(mask: &u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::CStr;
     use std::fs::{self, File};
     use std::io::Read;
     use std::path::PathBuf;
@@ -477,22 +550,28 @@ mod tests {
         fs::create_dir(&dir).ok().map(|()| dir)
     }
 
-    /// Runs `cat /proc/self/cgroup`, joined to the cgroups as `launch` is told;
-    /// returns what it printed, or None when cloning into a cgroup is unsupported.
-    fn own_cgroups(into: Option<BorrowedFd<'_>>, joins: &[RawFd]) -> Option<String> {
-        let (mut output, write) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
+    /// `cat file`, tied as told, its output into the pipe's read end returned.
+    fn cat(file: &CStr, tie: Tie) -> (SpawnPlan, File) {
+        let (output, write) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
         let null = || OwnedFd::from(File::open("/dev/null").unwrap());
         let plan = SpawnPlan {
             program: c"/bin/cat".into(),
-            argv: vec![c"cat".into(), c"/proc/self/cgroup".into()],
+            argv: vec![c"cat".into(), file.into()],
             env: vec![],
             dir: None,
             credentials: None,
             rlimits: vec![],
             stdio: [null(), write, null()],
             cgroups: CgroupJoin::default(),
-            die_with_parent: false,
+            tie,
         };
+        (plan, output)
+    }
+
+    /// Runs `cat /proc/self/cgroup`, joined to the cgroups as `launch` is told;
+    /// returns what it printed, or None when cloning into a cgroup is unsupported.
+    fn own_cgroups(into: Option<BorrowedFd<'_>>, joins: &[RawFd]) -> Option<String> {
+        let (plan, mut output) = cat(c"/proc/self/cgroup", Tie::DiesWithParent);
         let pid = launch(&plan, into, joins).unwrap()?;
         drop(plan);
         let mut printed = String::new();
@@ -529,5 +608,43 @@ mod tests {
         }
         let written = written.unwrap();
         assert!(written.contains(&name), "{written}");
+    }
+
+    #[test]
+    fn a_detached_program_leads_its_own_session_and_is_no_child_of_ours() {
+        let (input, stdin) = pipe().unwrap();
+        let (mut output, stdout) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
+        let stderr = OwnedFd::from(File::create("/dev/null").unwrap());
+        // Says its pid, then waits for its stdin to close.
+        let plan = SpawnPlan {
+            program: c"/bin/sh".into(),
+            argv: vec![c"sh".into(), c"-c".into(), c"echo $$; exec cat".into()],
+            env: vec![],
+            dir: None,
+            credentials: None,
+            rlimits: vec![],
+            stdio: [input, stdout, stderr],
+            cgroups: CgroupJoin::default(),
+            tie: Tie::Detached,
+        };
+        let starter = spawn(&plan).unwrap();
+        drop(plan);
+        // The starter is ours, and gone once the program has executed.
+        assert!(super::super::reap(starter).unwrap().0.success());
+        let mut pid = [0u8; 16];
+        let n = output.read(&mut pid).unwrap();
+        let pid = std::str::from_utf8(&pid[..n]).unwrap().trim().to_owned();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        drop(stdin);
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let (parent, session) = (fields[1], fields[3]);
+        assert_ne!(parent, std::process::id().to_string(), "{stat}");
+        assert_ne!(parent, starter.to_string(), "{stat}");
+        assert_eq!(session, pid, "{stat}");
     }
 }
