@@ -4,8 +4,12 @@
 //! - `cli_stream`: 200 MB of `yes` through the command into a pipe the bench reads
 //!   and discards; `direct_stream`: the same program run directly.
 //!
-//! Rows alternate within one run, so that both see the same machine. `-- --json`
-//! prints one JSON object per row.
+//! Rows alternate within one run, so that both see the same machine. Where
+//! `taskset` can, the stream rows run their command on CPU 0 while the bench reads
+//! on CPU 1: left to the scheduler, where `yes`, `head` and the reader land
+//! (together or apart) alone moves a run between 0.1 and 0.2 s on two CPUs, which
+//! drowns what swarmexec adds; placed, both rows do the same work the same way.
+//! `-- --json` prints one JSON object per row.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -40,6 +44,18 @@ fn timed(program: &str, args: &[&str]) -> f64 {
     elapsed
 }
 
+/// Moves this (single-threaded) bench to CPU 1; false where it cannot (one CPU,
+/// no `taskset`), and then nothing is placed.
+fn place_reader_on_cpu_1() -> bool {
+    let pid = std::process::id().to_string();
+    Command::new("taskset")
+        .args(["-cp", "1", &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -56,9 +72,16 @@ fn main() {
         cli_true.push(timed(BIN, &["run", "-q", "--", "/bin/true"]));
         direct_true.push(timed("/bin/true", &[]));
     }
+    let on_cpu_0: &[&str] = if place_reader_on_cpu_1() {
+        &["taskset", "-c", "0"]
+    } else {
+        &[]
+    };
+    let cli: Vec<&str> = [on_cpu_0, &[BIN, "run", "-q", "--", "sh", "-c", STREAM]].concat();
+    let direct: Vec<&str> = [on_cpu_0, &["sh", "-c", STREAM]].concat();
     for _ in 0..STREAM_ROUNDS {
-        cli_stream.push(timed(BIN, &["run", "-q", "--", "sh", "-c", STREAM]));
-        direct_stream.push(timed("sh", &["-c", STREAM]));
+        cli_stream.push(timed(cli[0], &cli[1..]));
+        direct_stream.push(timed(direct[0], &direct[1..]));
     }
     let rows = [
         ("cli_true", median(cli_true)),
