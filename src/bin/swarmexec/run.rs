@@ -1,4 +1,5 @@
-//! `swarmexec run`: one task on a process executor, driven by a task manager.
+//! `swarmexec run`: one task on a process executor, started by the command's own
+//! thread and then driven by a task manager.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use swarmexec::agent::{StatusReporter, TaskManager};
 use swarmexec::api::*;
 use swarmexec::process::{login_environment, ProcessController, ProcessExecutor, StartFailure};
-use swarmexec::{CancelToken, ConfigsProvider, Controller, Error, SecretsProvider};
+use swarmexec::{do_task, CancelToken, ConfigsProvider, Controller, Error, SecretsProvider};
 
 use crate::args::RunOptions;
 use crate::signals::{self, Request, Signals};
@@ -61,20 +62,25 @@ pub(crate) fn run(options: RunOptions) -> ExitCode {
         Ok(channel) => channel,
         Err(e) => return fail(&format!("cannot follow the task: {e}")),
     };
-    let manager = TaskManager::new(
-        task.clone(),
-        Arc::clone(&controller) as Arc<dyn Controller>,
-        reports,
-    );
-    let run = Run {
+    let mut run = Run {
         task,
-        manager: &manager,
         controller: &controller,
         quiet: options.quiet,
         started: Instant::now(),
     };
-    let code = run.follow(&statuses, &signals);
-    manager.close();
+    let code = match run.start_here() {
+        Some(ended) => ended,
+        None => {
+            let manager = TaskManager::new(
+                run.task.clone(),
+                Arc::clone(&controller) as Arc<dyn Controller>,
+                reports,
+            );
+            let code = run.follow(&manager, &statuses, &signals);
+            manager.close();
+            code
+        }
+    };
     // Ended: this deletes the task's files (secrets first) and its cgroup.
     if let Err(e) = controller.remove(&CancelToken::new()) {
         eprintln!("swarmexec: removing the task: {e}");
@@ -154,22 +160,53 @@ fn build_task(options: &RunOptions, executor: &ProcessExecutor) -> Result<Task, 
 /// One run in progress.
 struct Run<'a> {
     task: Task,
-    manager: &'a TaskManager,
     controller: &'a ProcessController,
     quiet: bool,
     started: Instant,
 }
 
 impl Run<'_> {
+    /// Takes the steps up to `RUNNING` on this thread, where none of them waits
+    /// (no health check to wait for), so that a short program does not wait for a
+    /// task manager's thread to start: that one starts while the program runs.
+    /// Signals stay pending meanwhile. Returns the exit code if the task ended on
+    /// the way; a step that failed (to be retried, say) is left to the manager.
+    fn start_here(&mut self) -> Option<ExitCode> {
+        if self.checked() {
+            return None;
+        }
+        let cancel = CancelToken::new();
+        while self.task.status.state < TaskState::Running {
+            let (status, result) = do_task(&cancel, &self.task, self.controller);
+            let changed = status.state != self.task.status.state;
+            self.task.status = status;
+            if self.task.status.state.is_terminal() {
+                return Some(self.finish(&self.task.status));
+            }
+            if changed && !self.quiet {
+                eprintln!("{}", self.line(&self.task.status, None));
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        None
+    }
+
+    /// True where the program has a health check (looked at while it runs).
+    fn checked(&self) -> bool {
+        matches!(&self.task.spec.runtime, Some(Runtime::Process(p)) if p.healthcheck.is_some())
+    }
+
     /// Prints the transitions and acts on signals until the task ends; returns the
     /// command's exit code.
-    fn follow(&self, statuses: &Statuses, signals: &Signals) -> ExitCode {
-        let mut last_state = None;
+    fn follow(&self, manager: &TaskManager, statuses: &Statuses, signals: &Signals) -> ExitCode {
+        // What `start_here` printed is not printed again.
+        let mut last_state = Some(self.task.status.state);
         let mut last_health = None;
         let mut stopping = false;
         // Health is looked at a few times a second, where there is a check.
-        let checked =
-            matches!(&self.task.spec.runtime, Some(Runtime::Process(p)) if p.healthcheck.is_some());
+        let checked = self.checked();
         let timeout = checked.then_some(HEALTH_POLL);
         loop {
             let ready = sys::poll([statuses.wakeup.as_fd(), signals.as_fd()], timeout);
@@ -178,7 +215,7 @@ impl Run<'_> {
                 Err(e) => return fail(&format!("cannot wait for the task: {e}")),
             };
             if signalled {
-                self.take_signals(signals, &mut stopping);
+                self.take_signals(manager, signals, &mut stopping);
             }
             if checked {
                 self.report_health(&mut last_health);
@@ -212,7 +249,7 @@ impl Run<'_> {
 
     /// Acts on every pending signal: the first stop request stops the task
     /// gracefully, the next kills it; the others go to the program.
-    fn take_signals(&self, signals: &Signals, stopping: &mut bool) {
+    fn take_signals(&self, manager: &TaskManager, signals: &Signals, stopping: &mut bool) {
         loop {
             match signals.next() {
                 Ok(Some(Request::Stop)) if *stopping => {
@@ -227,7 +264,7 @@ impl Run<'_> {
                         desired_state: TaskState::Shutdown,
                         ..self.task.clone()
                     };
-                    if let Err(e) = self.manager.update(&stop) {
+                    if let Err(e) = manager.update(&stop) {
                         eprintln!("swarmexec: cannot stop the task: {e}");
                     }
                 }
