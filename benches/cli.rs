@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
-const TRUE_ROUNDS: usize = 200;
-const STREAM_ROUNDS: usize = 15;
+const TRUE_ROUNDS: usize = 300;
+const STREAM_ROUNDS: usize = 25;
 const STREAM: &str = "yes | head -c 200000000";
 
 /// Runs `program args` with stdout read and discarded; returns the nanoseconds.

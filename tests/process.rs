@@ -813,3 +813,23 @@ fn a_program_started_from_a_thread_that_blocks_signals_can_still_be_stopped() {
     let err = controller.wait(&CancelToken::new()).unwrap_err();
     assert_eq!(err.exit_code(), Some(143));
 }
+
+#[test]
+fn ended_by_waits_until_the_program_ends_or_the_deadline_passes() {
+    let f = fixture();
+    let never_started = f
+        .executor
+        .process_controller(&task("ended-by-0", sh("true")))
+        .unwrap();
+    assert!(!never_started.ended_by(Instant::now() + Duration::from_millis(10)));
+
+    let controller = started(&f.executor, "ended-by-1", sh("sleep 0.3"));
+    let asked = Instant::now();
+    assert!(!controller.ended_by(asked + Duration::from_millis(20)));
+    assert!(asked.elapsed() >= Duration::from_millis(20));
+    assert!(controller.ended_by(Instant::now() + Duration::from_secs(10)));
+    // It changed nothing: `wait` reports how the program ended.
+    controller.wait(&CancelToken::new()).unwrap();
+    assert!(controller.ended_by(Instant::now()));
+    controller.close().unwrap();
+}

@@ -219,6 +219,24 @@ impl ProcessController {
         }
     }
 
+    /// Blocks until the program has ended (true), or `deadline` passes (false);
+    /// false at once when it was never started. Unlike [`Controller::wait`] it
+    /// takes no token, and so needs no timer thread: for a caller that waits a
+    /// moment for a program that is likely quick before it hands a longer one to a
+    /// task manager. It changes nothing; `wait` then reports how the program ended.
+    pub fn ended_by(&self, deadline: Instant) -> bool {
+        let Ok(Some(started)) = self.started() else {
+            return false;
+        };
+        if started.process.exit().is_some() {
+            return true;
+        }
+        select! {
+            recv(started.process.exited()) -> _ => true,
+            recv(crossbeam_channel::at(deadline)) -> _ => started.process.exit().is_some(),
+        }
+    }
+
     /// The task's cgroup name, inside the executor's: `<task id>.<instance>`.
     fn cgroup_name(&self) -> String {
         format!("{}.{}", self.state.lock().task.id, self.instance)

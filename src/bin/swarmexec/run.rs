@@ -22,6 +22,10 @@ use crate::{fail, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_OWN_FAILURE};
 /// How often a run looks at its program's health.
 const HEALTH_POLL: Duration = Duration::from_millis(50);
 
+/// How long the command waits for a started program itself before it hands it to
+/// a task manager (and takes signals): a program done by then needs neither.
+const QUICK: Duration = Duration::from_millis(5);
+
 /// Where runs keep their task files unless told: memory-backed where the host has
 /// such a place, so that secrets stay off disk, and the same for every run of a
 /// user, so that a run cleans up after one that was killed.
@@ -167,30 +171,37 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Takes the steps up to `RUNNING` on this thread, where none of them waits
-    /// (no health check to wait for), so that a short program does not wait for a
-    /// task manager's thread to start: that one starts while the program runs.
-    /// Signals stay pending meanwhile. Returns the exit code if the task ended on
-    /// the way; a step that failed (to be retried, say) is left to the manager.
+    /// (no health check to wait for), then waits [`QUICK`] for the program to end:
+    /// a short program then needs no task manager, and a longer one does not wait
+    /// for the manager's thread to start. Signals stay pending meanwhile. Returns
+    /// the exit code if the task ended; a step that failed (to be retried, say) is
+    /// left to the manager.
     fn start_here(&mut self) -> Option<ExitCode> {
         if self.checked() {
             return None;
         }
         let cancel = CancelToken::new();
-        while self.task.status.state < TaskState::Running {
-            let (status, result) = do_task(&cancel, &self.task, self.controller);
-            let changed = status.state != self.task.status.state;
-            self.task.status = status;
-            if self.task.status.state.is_terminal() {
-                return Some(self.finish(&self.task.status));
-            }
-            if changed && !self.quiet {
-                eprintln!("{}", self.line(&self.task.status, None));
-            }
-            if result.is_err() {
-                break;
-            }
+        while self.task.status.state < TaskState::Running && self.step(&cancel) {}
+        let running = self.task.status.state == TaskState::Running;
+        if running && self.controller.ended_by(Instant::now() + QUICK) {
+            self.step(&cancel);
         }
-        None
+        let ended = self.task.status.state.is_terminal();
+        ended.then(|| self.finish(&self.task.status))
+    }
+
+    /// Takes one step on this thread, printing a transition to a state short of
+    /// the end (the final line is [`finish`](Run::finish)'s); false when the step
+    /// failed or ended the task.
+    fn step(&mut self, cancel: &CancelToken) -> bool {
+        let (status, result) = do_task(cancel, &self.task, self.controller);
+        let changed = status.state != self.task.status.state;
+        self.task.status = status;
+        let ended = self.task.status.state.is_terminal();
+        if changed && !ended && !self.quiet {
+            eprintln!("{}", self.line(&self.task.status, None));
+        }
+        result.is_ok() && !ended
     }
 
     /// True where the program has a health check (looked at while it runs).
