@@ -45,8 +45,8 @@
 //! # Dropping
 //!
 //! A controller that is closed or dropped kills its program if it still runs and
-//! deletes its files. The reaper thread starts with the first program and lives
-//! while the executor or any of its controllers does; when the last of them goes it
+//! deletes its files. The reaper thread starts with the executor and lives while
+//! the executor or any of its controllers does; when the last of them goes it
 //! kills anything left and exits. No program is ever left running without a
 //! supervisor.
 //!

@@ -297,7 +297,7 @@ pub(crate) trait Observer: Send + Sync {
     fn ended(&self, process: &Process);
 }
 
-/// The reaper thread of one executor, started by the first spawn; stops when
+/// The reaper thread of one executor, started by its first use; stops when
 /// dropped.
 pub(crate) struct Supervisor {
     exit_watch: ExitWatch,
