@@ -520,3 +520,64 @@ fn reporters_can_be_closures() {
     }
     manager.close();
 }
+
+/// A controller with nothing to do, which records the thread that let go of it.
+struct DropWitness(Arc<Mutex<Option<thread::ThreadId>>>);
+
+impl Controller for DropWitness {
+    fn update(&self, _: &CancelToken, _: &Task) -> Result<(), Error> {
+        Ok(())
+    }
+    fn prepare(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn start(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn wait(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn shutdown(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn terminate(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn remove(&self, _: &CancelToken) -> Result<(), Error> {
+        Ok(())
+    }
+    fn close(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Drop for DropWitness {
+    fn drop(&mut self) {
+        *self.0.lock() = Some(thread::current().id());
+    }
+}
+
+#[test]
+fn once_closed_a_manager_holds_nothing_of_its_controller_on_its_thread() {
+    // What a controller holds (a process executor's cgroups, say) then goes with
+    // the caller's last handle, on the caller's thread: never on a pool thread
+    // that a process exiting right after `close` would cut short.
+    for i in 0..300 {
+        let dropped_on = Arc::new(Mutex::new(None));
+        let (tx, reports) = unbounded();
+        let running = task(
+            &format!("witness.{i}"),
+            TaskState::Assigned,
+            TaskState::Running,
+        );
+        let manager = TaskManager::new(running, Arc::new(DropWitness(dropped_on.clone())), tx);
+        states_until(&reports, reached(TaskState::Completed));
+        manager.close();
+        drop(manager);
+        assert_eq!(
+            *dropped_on.lock(),
+            Some(thread::current().id()),
+            "round {i}"
+        );
+    }
+}

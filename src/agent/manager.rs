@@ -80,7 +80,43 @@ struct Inner {
     root: CancelToken,
     state: Mutex<State>,
     stopped: Condvar,
+    holders: Arc<Holders>,
     me: Weak<Inner>,
+}
+
+/// How many pool jobs hold the manager. [`TaskManager::close`] waits until none
+/// does: a caller that then drops its last handle (and maybe exits the process)
+/// drops the controller, and what the controller holds, on its own thread, never
+/// on a pool thread that is just letting go.
+#[derive(Default)]
+struct Holders {
+    count: Mutex<usize>,
+    released: Condvar,
+}
+
+impl Holders {
+    fn hold(&self) {
+        *self.count.lock() += 1;
+    }
+
+    fn release(&self) {
+        let mut count = self.count.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.released.notify_all();
+        }
+    }
+
+    /// Waits until no job holds the manager, or `deadline`; false on the latter.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut count = self.count.lock();
+        while *count > 0 {
+            if self.released.wait_until(&mut count, deadline).timed_out() {
+                return *count == 0;
+            }
+        }
+        true
+    }
 }
 
 struct State {
@@ -141,6 +177,7 @@ impl TaskManager {
                 closed: false,
             }),
             stopped: Condvar::new(),
+            holders: Arc::default(),
             me: me.clone(),
         });
         inner.schedule(&mut inner.state.lock());
@@ -241,12 +278,16 @@ impl TaskManager {
         // Called from a reporter on the manager's own thread, waiting would be for
         // ourselves.
         let current = std::thread::current().id();
-        while state.scheduled && state.runner != Some(current) {
+        if state.runner == Some(current) {
+            return true;
+        }
+        while state.scheduled {
             if inner.stopped.wait_until(&mut state, deadline).timed_out() {
                 return !state.scheduled;
             }
         }
-        true
+        drop(state);
+        inner.holders.wait_until(deadline)
     }
 
     /// True once closed.
@@ -313,7 +354,13 @@ impl Inner {
         }
         let Some(me) = self.me.upgrade() else { return };
         state.scheduled = true;
-        Pool::global().submit(move || me.run());
+        let holders = Arc::clone(&self.holders);
+        holders.hold();
+        Pool::global().submit(move || {
+            me.run();
+            drop(me);
+            holders.release();
+        });
     }
 
     fn run(&self) {
