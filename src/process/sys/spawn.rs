@@ -41,6 +41,7 @@ pub(crate) struct SpawnPlan {
     pub(crate) stdio: [OwnedFd; 3],
     /// The cgroups the program joins before it executes.
     pub(crate) cgroups: CgroupJoin,
+    /// Whether it dies with this process, or outlives it detached.
     pub(crate) tie: Tie,
 }
 
@@ -136,9 +137,10 @@ impl SpawnError {
     }
 }
 
-/// Starts the program `plan` describes and returns its pid: an unreaped child of
-/// this process, leading a process group of its own. Fails with the step that
-/// failed and its `errno` (for example `ENOENT` or `EACCES` from `exec`).
+/// Starts the program `plan` describes and returns its pid (a detached program's
+/// starter's): an unreaped child of this process, leading a process group of its
+/// own. Fails with the step that failed and its `errno` (for example `ENOENT` or
+/// `EACCES` from `exec`).
 pub(crate) fn spawn(plan: &SpawnPlan) -> Result<libc::pid_t, SpawnError> {
     let v1: Vec<RawFd> = plan.cgroups.procs.iter().map(AsRawFd::as_raw_fd).collect();
     let into = plan.cgroups.v2.as_ref().map(AsFd::as_fd);
@@ -179,6 +181,13 @@ fn launch(
         above_stdio(&plan.stdio[2]).map_err(SpawnError::setup)?,
     ];
     let (error_read, error_write) = pipe().map_err(SpawnError::setup)?;
+    let mut memory = Vec::with_capacity(CHILD_STACK);
+    let stack = Stack::within(memory.spare_capacity_mut());
+    let mut detached_memory = Vec::new();
+    let detached_stack = (plan.tie == Tie::Detached).then(|| {
+        detached_memory.reserve_exact(CHILD_STACK);
+        Stack::within(detached_memory.spare_capacity_mut())
+    });
     let args = ChildArgs {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -195,23 +204,12 @@ fn launch(
         cgroups: joins.as_ptr(),
         cgroup_count: joins.len(),
         tie: plan.tie,
-        detached_stack: std::ptr::null(),
-        // SAFETY: getpid cannot fail and touches no memory.
-        parent: unsafe { libc::getpid() },
-        error_fd: error_write.as_raw_fd(),
-    };
-    let mut memory = Vec::with_capacity(CHILD_STACK);
-    let stack = Stack::within(memory.spare_capacity_mut());
-    let mut detached_memory = Vec::new();
-    let detached_stack = (plan.tie == Tie::Detached).then(|| {
-        detached_memory.reserve_exact(CHILD_STACK);
-        Stack::within(detached_memory.spare_capacity_mut())
-    });
-    let args = ChildArgs {
         detached_stack: detached_stack
             .as_ref()
             .map_or(std::ptr::null(), |s| s as *const Stack),
-        ..args
+        // SAFETY: getpid cannot fail and touches no memory.
+        parent: unsafe { libc::getpid() },
+        error_fd: error_write.as_raw_fd(),
     };
     let arg = &args as *const ChildArgs as *mut c_void;
     let blocked = block_all_signals().map_err(SpawnError::setup)?;
@@ -526,7 +524,6 @@ fn restore_signals(mask: &u64) {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::CStr;
     use std::fs::{self, File};
     use std::io::Read;
     use std::path::PathBuf;
@@ -550,28 +547,22 @@ mod tests {
         fs::create_dir(&dir).ok().map(|()| dir)
     }
 
-    /// `cat file`, tied as told, its output into the pipe's read end returned.
-    fn cat(file: &CStr, tie: Tie) -> (SpawnPlan, File) {
-        let (output, write) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
+    /// Runs `cat /proc/self/cgroup`, joined to the cgroups as `launch` is told;
+    /// returns what it printed, or None when cloning into a cgroup is unsupported.
+    fn own_cgroups(into: Option<BorrowedFd<'_>>, joins: &[RawFd]) -> Option<String> {
+        let (mut output, write) = pipe().map(|(r, w)| (File::from(r), w)).unwrap();
         let null = || OwnedFd::from(File::open("/dev/null").unwrap());
         let plan = SpawnPlan {
             program: c"/bin/cat".into(),
-            argv: vec![c"cat".into(), file.into()],
+            argv: vec![c"cat".into(), c"/proc/self/cgroup".into()],
             env: vec![],
             dir: None,
             credentials: None,
             rlimits: vec![],
             stdio: [null(), write, null()],
             cgroups: CgroupJoin::default(),
-            tie,
+            tie: Tie::DiesWithParent,
         };
-        (plan, output)
-    }
-
-    /// Runs `cat /proc/self/cgroup`, joined to the cgroups as `launch` is told;
-    /// returns what it printed, or None when cloning into a cgroup is unsupported.
-    fn own_cgroups(into: Option<BorrowedFd<'_>>, joins: &[RawFd]) -> Option<String> {
-        let (plan, mut output) = cat(c"/proc/self/cgroup", Tie::DiesWithParent);
         let pid = launch(&plan, into, joins).unwrap()?;
         drop(plan);
         let mut printed = String::new();
