@@ -283,9 +283,10 @@ impl Cgroups {
             }))
         };
         let made = |place: Option<Arc<Place>>| place.filter(|p| p.make().is_ok());
-        let v2 = match v2_controllers.is_empty() {
-            true => place(&mounts.v2),
-            false => made(place(&mounts.v2)),
+        let v2 = if v2_controllers.is_empty() {
+            place(&mounts.v2)
+        } else {
+            made(place(&mounts.v2))
         };
         if let Some(v2) = &v2 {
             enable_controllers(v2, &v2_controllers, &mounts);
@@ -616,19 +617,12 @@ impl TaskCgroup {
     /// cloned into), and the `cgroup.procs` file of every other.
     pub(crate) fn join(&self) -> Result<CgroupJoin, Error> {
         let mut dirs = self.dirs.iter();
-        let v2 = match self.v2 {
-            true => dirs
-                .next()
-                .map(|dir| {
-                    open(
-                        dir,
-                        OpenOptions::new()
-                            .read(true)
-                            .custom_flags(libc::O_DIRECTORY),
-                    )
-                })
-                .transpose()?,
-            false => None,
+        let mut directory = OpenOptions::new();
+        directory.read(true).custom_flags(libc::O_DIRECTORY);
+        let v2 = if self.v2 {
+            dirs.next().map(|dir| open(dir, &directory)).transpose()?
+        } else {
+            None
         };
         let procs = dirs
             .map(|dir| open(&dir.join("cgroup.procs"), OpenOptions::new().write(true)))
