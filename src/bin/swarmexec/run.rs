@@ -1,12 +1,11 @@
 //! `swarmexec run`: one task on a process executor, started by the command's own
 //! thread and then driven by a task manager.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::os::fd::AsFd;
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use swarmexec::agent::{StatusReporter, TaskManager};
@@ -62,10 +61,6 @@ pub(crate) fn run(options: RunOptions) -> ExitCode {
         Ok(controller) => Arc::new(controller),
         Err(e) => return fail(&e),
     };
-    let (reports, statuses) = match reports() {
-        Ok(channel) => channel,
-        Err(e) => return fail(&format!("cannot follow the task: {e}")),
-    };
     let mut run = Run {
         task,
         controller: &controller,
@@ -74,16 +69,7 @@ pub(crate) fn run(options: RunOptions) -> ExitCode {
     };
     let code = match run.start_here() {
         Some(ended) => ended,
-        None => {
-            let manager = TaskManager::new(
-                run.task.clone(),
-                Arc::clone(&controller) as Arc<dyn Controller>,
-                reports,
-            );
-            let code = run.follow(&manager, &statuses, &signals);
-            manager.close();
-            code
-        }
+        None => run.hand_over(&controller, &signals),
     };
     // Ended: this deletes the task's files (secrets first) and its cgroup.
     if let Err(e) = controller.remove(&CancelToken::new()) {
@@ -202,6 +188,22 @@ impl Run<'_> {
             eprintln!("{}", self.line(&self.task.status, None));
         }
         result.is_ok() && !ended
+    }
+
+    /// Hands the task to a task manager, and follows it until it ends.
+    fn hand_over(&self, controller: &Arc<ProcessController>, signals: &Signals) -> ExitCode {
+        let (reports, statuses) = match reports() {
+            Ok(channel) => channel,
+            Err(e) => return fail(&format!("cannot follow the task: {e}")),
+        };
+        let manager = TaskManager::new(
+            self.task.clone(),
+            Arc::clone(controller) as Arc<dyn Controller>,
+            reports,
+        );
+        let code = self.follow(&manager, &statuses, signals);
+        manager.close();
+        code
     }
 
     /// True where the program has a health check (looked at while it runs).
