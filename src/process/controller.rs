@@ -20,7 +20,7 @@ use super::health::{HealthMonitor, HealthPlan, ProbePlanner};
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnError, SpawnPlan, SpawnStep};
-use super::watchdog::Watchdog;
+use super::watchdog::{self, Watchdog};
 use crate::api::{
     Config, ContainerStatus, Health, HealthState, InputSource, LogContext, LogSubscriptionOptions,
     OutputSink, ProcessSpec, ResourceUsage, Runtime, Secret, Task,
@@ -92,9 +92,7 @@ impl Environment {
             &kill_file,
             Instant::now() + WATCHDOG_DELAY,
         );
-        armed
-            .map_err(|e| log::warn!(target: "swarmexec", "{e}"))
-            .ok()
+        armed.map_err(|e| watchdog::warn_unwatched(&e)).ok()
     }
 }
 

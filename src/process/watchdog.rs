@@ -87,12 +87,16 @@ impl Observer for Unwatched {
     fn spawned(&self, _: &Arc<Process>) {}
 
     fn failed(&self, error: SpawnError) {
-        log::warn!(
-            target: "swarmexec",
-            "cannot start the watchdog: {}; if this process dies, its tasks' programs die with it, but not what they started",
-            error.error
-        );
+        warn_unwatched(&format!("cannot start the watchdog: {}", error.error));
     }
 
     fn ended(&self, _: &Process) {}
+}
+
+/// Says that there is no watchdog, and what that means.
+pub(crate) fn warn_unwatched(why: &str) {
+    log::warn!(
+        target: "swarmexec",
+        "{why}; if this process dies, its tasks' programs die with it, but not what they started"
+    );
 }
