@@ -376,3 +376,31 @@ fn the_executor_says_what_it_enforces() {
         "the executor's cgroups go with it"
     );
 }
+
+#[test]
+fn an_executor_dropped_with_its_last_controller_while_a_task_runs_leaves_nothing() {
+    // Its cgroups go while its reaper stops; the one the task still held goes once
+    // the reaper has killed the task.
+    for round in 0..5 {
+        let (executor, _dir) = fixture();
+        let containment = executor.containment();
+        let controller = started(
+            &executor,
+            &process_task(&format!("late.{round}"), spec(&["sleep", "30"])),
+        );
+        let pid = common::pid_of(&controller);
+        drop(executor);
+        drop(controller);
+        assert!(
+            !alive(pid),
+            "round {round}: the program outlived its executor"
+        );
+        for cgroup in &containment.cgroups {
+            assert!(
+                !cgroup.exists(),
+                "round {round}: {} is left",
+                cgroup.display()
+            );
+        }
+    }
+}

@@ -428,8 +428,19 @@ impl Cgroups {
         }
     }
 
-    /// Removes the executor's parent cgroups (empty once its tasks are gone).
+    /// Removes the executor's parent cgroups (empty once its tasks are gone);
+    /// one that cannot be removed is logged.
     pub(crate) fn remove(&self) {
+        self.remove_dirs(true);
+    }
+
+    /// As [`remove`](Cgroups::remove), quietly: a cgroup still in use (a task's
+    /// not yet removed) is left for a later `remove`.
+    pub(crate) fn remove_if_empty(&self) {
+        self.remove_dirs(false);
+    }
+
+    fn remove_dirs(&self, log_failures: bool) {
         let mut dirs: Vec<&PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
             .into_iter()
             .flatten()
@@ -439,8 +450,11 @@ impl Cgroups {
             .collect();
         dirs.dedup();
         for dir in dirs {
-            if let Err(e) = fs::remove_dir(dir) {
-                log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display());
+            match fs::remove_dir(dir) {
+                Err(e) if log_failures && e.kind() != io::ErrorKind::NotFound => {
+                    log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display())
+                }
+                _ => {}
             }
             // The base too, unless another executor uses it.
             if let Some(base) = dir.parent() {

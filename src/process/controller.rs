@@ -60,8 +60,9 @@ const WATCHDOG_DELAY: Duration = Duration::from_millis(50);
 
 /// What a controller shares with its executor.
 ///
-/// Fields drop in order: the reaper first (it kills and reaps what still runs and
-/// removes the tasks' cgroups), then the executor's own cgroups, now empty.
+/// When it goes, the reaper is stopped first (it kills and reaps what still runs
+/// and removes the tasks' cgroups), then the executor's own cgroups, now empty, are
+/// removed (see its `Drop`).
 pub(crate) struct Environment {
     pub(crate) supervisor: Supervisor,
     /// Armed by the first program, started shortly after it, where the host
@@ -93,6 +94,20 @@ impl Environment {
             Instant::now() + WATCHDOG_DELAY,
         );
         armed.map_err(|e| watchdog::warn_unwatched(&e)).ok()
+    }
+}
+
+impl Drop for Environment {
+    /// The reaper stops on its thread while the executor's cgroups, empty unless
+    /// a task still ran, go on this one (each takes as long as the other); one
+    /// that a task still held goes once the reaper has killed the task, when the
+    /// fields drop.
+    fn drop(&mut self) {
+        let stopping = self.supervisor.stop();
+        self.cgroups.0.remove_if_empty();
+        if let Some(stopping) = stopping {
+            stopping.wait();
+        }
     }
 }
 

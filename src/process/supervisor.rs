@@ -453,20 +453,38 @@ impl Supervisor {
     }
 }
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let Some(ReaperHandle {
+impl Supervisor {
+    /// Tells the reaper to stop: it kills what still runs, reaps it, removes its
+    /// cgroups and exits. Nothing can be spawned afterwards. [`Stopping::wait`]
+    /// waits for the reaper; meanwhile the caller may do its own share.
+    pub(crate) fn stop(&self) -> Option<Stopping> {
+        let ReaperHandle {
             commands,
             mut waker,
             thread,
-        }) = self.reaper.lock().take()
-        else {
-            return;
-        };
+        } = self.reaper.lock().take()?;
         drop(commands);
         let _ = waker.write(&[1]);
-        if thread.join().is_err() {
+        Some(Stopping(thread))
+    }
+}
+
+/// A reaper told to stop.
+pub(crate) struct Stopping(JoinHandle<()>);
+
+impl Stopping {
+    /// Waits until the reaper has done all it had to and exited.
+    pub(crate) fn wait(self) {
+        if self.0.join().is_err() {
             log::error!(target: "swarmexec", "the reaper thread panicked");
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(stopping) = self.stop() {
+            stopping.wait();
         }
     }
 }
