@@ -240,3 +240,28 @@ fn a_shutdown_while_waiting_for_health_stops_the_task_as_usual() {
     assert!(!alive(pid), "stopped as usual");
     manager.close();
 }
+
+#[test]
+fn a_closed_controller_leaves_no_probe_holding_its_executor() {
+    // Probes start every millisecond; whenever the last handles go, the executor
+    // goes with them, on this thread: its cgroup is gone the moment they are.
+    for round in 0..20 {
+        let (executor, _dir) = fixture();
+        let cgroups = executor.containment().cgroups;
+        let mut quick = check("true");
+        quick.interval = Some(MS);
+        quick.start_interval = Some(MS);
+        let controller = prepared(&executor, &["sleep", "30"], quick);
+        controller.start(&CancelToken::new()).unwrap();
+        thread::sleep(Duration::from_millis(round % 5));
+        drop(controller);
+        drop(executor);
+        for cgroup in &cgroups {
+            assert!(
+                !cgroup.exists(),
+                "round {round}: {} is left",
+                cgroup.display()
+            );
+        }
+    }
+}

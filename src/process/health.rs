@@ -58,6 +58,10 @@ pub(crate) struct HealthMonitor {
     started: Instant,
     state: Mutex<Health>,
     stopped: AtomicBool,
+    /// Held while a probe is being started, the executor held for it: `stop`
+    /// waits for it, so that a stopped monitor holds nothing of the executor
+    /// (whose last handle, dropped by its host, must be the one that takes it down).
+    starting: Mutex<()>,
     /// Holds a message whenever the health changed since last looked at.
     changed: (Sender<()>, Receiver<()>),
     me: Weak<HealthMonitor>,
@@ -79,6 +83,7 @@ impl HealthMonitor {
             started: Instant::now(),
             state: Mutex::new(Health::default()),
             stopped: AtomicBool::new(false),
+            starting: Mutex::new(()),
             changed: crossbeam_channel::bounded(1),
             me: me.clone(),
         });
@@ -97,7 +102,15 @@ impl HealthMonitor {
     }
 
     /// Stops probing (a probe under way finishes, its result is dropped).
+    /// Stops probing; returns once no probe is being started.
     pub(crate) fn stop(&self) {
+        self.give_up();
+        drop(self.starting.lock());
+    }
+
+    /// Stops probing, from the monitor's own calls (which may be inside a probe
+    /// being started).
+    fn give_up(&self) {
         self.stopped.store(true, Ordering::Release);
     }
 
@@ -119,8 +132,9 @@ impl HealthMonitor {
         let Some(me) = self.me.upgrade() else { return };
         let ended = self.task.upgrade().is_none_or(|task| task.exit().is_some());
         if ended {
-            self.stop();
+            self.give_up();
         }
+        let _starting = self.starting.lock();
         if self.stopped.load(Ordering::Acquire) {
             return;
         }
@@ -180,7 +194,7 @@ impl HealthMonitor {
                 timer::schedule(Instant::now() + delay, due);
             }
             // Unhealthy is the end: the task fails and is stopped.
-            None => self.stop(),
+            None => self.give_up(),
         }
     }
 }
