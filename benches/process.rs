@@ -165,9 +165,10 @@ enum Target {
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
     let dir = std::env::temp_dir().join(format!("swarmexec-bench-{}", std::process::id()));
-    let plain = ProcessExecutor::new(dir.join("plain"))
-        .expect("executor")
-        .without_cgroups();
+    let plain = ProcessExecutor::builder(dir.join("plain"))
+        .without_cgroups()
+        .build()
+        .expect("executor");
     let contained = ProcessExecutor::new(dir.join("contained")).expect("executor");
     let has_cgroups = contained.containment().method != "process group";
     let limits = Limits {

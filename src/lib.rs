@@ -98,6 +98,7 @@ mod panic;
 pub mod process;
 mod state;
 mod stub;
+mod time;
 mod timer;
 
 pub use cancel::CancelToken;
@@ -112,3 +113,4 @@ pub use executor::{
 };
 pub use state::{do_task, resolve};
 pub use stub::{StubController, StubExecutor};
+pub use time::MAX_DURATION;

@@ -480,7 +480,7 @@ fn bad_specs_reject_the_task_with_a_message_naming_the_problem() {
             "case {i}"
         );
     }
-    common::assert_empty(
+    common::assert_no_task_dirs(
         f.executor.state_dir(),
         "a rejected task leaves no directory",
     );

@@ -177,7 +177,7 @@ fn close_deletes_the_files_and_a_new_controller_for_the_same_id_gets_its_own() {
     );
     drop(second);
     assert!(!second_dir.exists(), "dropping closes");
-    common::assert_empty(executor.state_dir(), "closed controllers leave no files");
+    common::assert_no_task_dirs(executor.state_dir(), "closed controllers leave no files");
 }
 
 fn rejection(executor: &ProcessExecutor, t: &Task) -> Error {
@@ -238,7 +238,7 @@ fn a_write_that_fails_names_the_file() {
     let (executor, _dir) = fixture();
     let t = with_secret(task("unwritable", &["true"]), &executor);
     // A state directory that is a file makes every creation fail.
-    fs::remove_dir(executor.state_dir()).unwrap();
+    fs::remove_dir_all(executor.state_dir()).unwrap();
     fs::write(executor.state_dir(), "").unwrap();
     let err = rejection(&executor, &t);
     let message = err.to_string();

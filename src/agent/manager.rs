@@ -17,12 +17,50 @@ use crate::timer::{self, Due};
 use crate::{do_task, CancelToken, Controller, Error, LogPublisher};
 
 /// How a [`TaskManager`] retries.
+///
+/// Both delays are at most [`MAX_DURATION`](crate::MAX_DURATION) (about 292
+/// years): [`validate`](ManagerOptions::validate) refuses longer ones, and a
+/// manager given one anyway treats it as that maximum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManagerOptions {
     /// The delay before the first retry; each further retry doubles it.
     pub retry_start: Duration,
     /// The longest delay between retries.
     pub retry_cap: Duration,
+}
+
+impl ManagerOptions {
+    /// Refuses delays over [`MAX_DURATION`](crate::MAX_DURATION), and a first
+    /// delay longer than the cap, with [`Error::InvalidSpec`] naming the field.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swarmexec::agent::ManagerOptions;
+    ///
+    /// let huge = ManagerOptions { retry_cap: Duration::MAX, ..Default::default() };
+    /// assert!(huge.validate().unwrap_err().to_string().contains("retry_cap"));
+    /// ManagerOptions::default().validate()?;
+    /// # Ok::<(), swarmexec::Error>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        crate::time::check("retry_start", self.retry_start)?;
+        crate::time::check("retry_cap", self.retry_cap)?;
+        if self.retry_start > self.retry_cap {
+            return Err(Error::InvalidSpec(format!(
+                "retry_start {:?} is longer than retry_cap {:?}",
+                self.retry_start, self.retry_cap
+            )));
+        }
+        Ok(())
+    }
+
+    /// Within the maximum, whatever was given.
+    fn saturated(self) -> ManagerOptions {
+        ManagerOptions {
+            retry_start: self.retry_start.min(crate::MAX_DURATION),
+            retry_cap: self.retry_cap.min(crate::MAX_DURATION),
+        }
+    }
 }
 
 impl Default for ManagerOptions {
@@ -81,41 +119,91 @@ struct Inner {
     state: Mutex<State>,
     stopped: Condvar,
     holders: Arc<Holders>,
+    /// What the timer holds for a retry: never the manager itself.
+    retry: Arc<RetryTimer>,
     me: Weak<Inner>,
 }
 
-/// How many pool jobs hold the manager. [`TaskManager::close`] waits until none
-/// does: a caller that then drops its last handle (and maybe exits the process)
-/// drops the controller, and what the controller holds, on its own thread, never
-/// on a pool thread that is just letting go.
+/// How many pool jobs and timer firings hold the manager. [`TaskManager::close`]
+/// waits until none does: a caller that then drops its last handle (and maybe
+/// exits the process) drops the controller, and what the controller holds, on its
+/// own thread, never on a pool or timer thread that is just letting go. Each
+/// holder lets go of the manager before it is released.
 #[derive(Default)]
 struct Holders {
-    count: Mutex<usize>,
+    count: Mutex<Holding>,
     released: Condvar,
+}
+
+#[derive(Default)]
+struct Holding {
+    count: usize,
+    /// Set by `close`: the timer may no longer take hold.
+    closed: bool,
 }
 
 impl Holders {
     fn hold(&self) {
-        *self.count.lock() += 1;
+        self.count.lock().count += 1;
+    }
+
+    /// Upgrades `manager` and holds it, unless the manager is closed or gone:
+    /// for the timer, which holds only a weak reference.
+    fn hold_weak(&self, manager: &Weak<Inner>) -> Option<Arc<Inner>> {
+        let mut holding = self.count.lock();
+        if holding.closed {
+            return None;
+        }
+        let manager = manager.upgrade()?;
+        holding.count += 1;
+        Some(manager)
     }
 
     fn release(&self) {
-        let mut count = self.count.lock();
-        *count -= 1;
-        if *count == 0 {
+        let mut holding = self.count.lock();
+        holding.count -= 1;
+        if holding.count == 0 {
             self.released.notify_all();
         }
     }
 
+    fn close(&self) {
+        self.count.lock().closed = true;
+    }
+
     /// Waits until no job holds the manager, or `deadline`; false on the latter.
     fn wait_until(&self, deadline: Instant) -> bool {
-        let mut count = self.count.lock();
-        while *count > 0 {
-            if self.released.wait_until(&mut count, deadline).timed_out() {
-                return *count == 0;
+        let mut holding = self.count.lock();
+        while holding.count > 0 {
+            if self.released.wait_until(&mut holding, deadline).timed_out() {
+                return holding.count == 0;
             }
         }
         true
+    }
+}
+
+/// A manager's retry, as the timer holds it: weakly, and taken hold of through
+/// [`Holders`], so that the timer never drops a manager (see `Holders`).
+struct RetryTimer {
+    manager: Weak<Inner>,
+    holders: Arc<Holders>,
+}
+
+impl Due for RetryTimer {
+    /// Runs the retry, unless the manager moved on (an update, a later retry) or
+    /// closed meanwhile.
+    fn fire(&self) {
+        let Some(manager) = self.holders.hold_weak(&self.manager) else {
+            return;
+        };
+        manager.retry_due();
+        drop(manager);
+        self.holders.release();
+    }
+
+    fn is_stale(&self) -> bool {
+        self.manager.strong_count() == 0
     }
 }
 
@@ -152,18 +240,20 @@ impl TaskManager {
         )
     }
 
-    /// Starts managing `task`, with `options`.
+    /// Starts managing `task`, with `options` (see [`ManagerOptions::validate`]
+    /// for the delays it takes).
     pub fn with_options(
         task: Task,
         controller: Arc<dyn Controller>,
         reporter: Arc<dyn StatusReporter>,
         options: ManagerOptions,
     ) -> TaskManager {
+        let holders: Arc<Holders> = Arc::default();
         let inner = Arc::new_cyclic(|me| Inner {
             id: task.id.clone(),
             controller,
             reporter,
-            options,
+            options: options.saturated(),
             root: CancelToken::new(),
             state: Mutex::new(State {
                 task,
@@ -177,7 +267,11 @@ impl TaskManager {
                 closed: false,
             }),
             stopped: Condvar::new(),
-            holders: Arc::default(),
+            retry: Arc::new(RetryTimer {
+                manager: me.clone(),
+                holders: Arc::clone(&holders),
+            }),
+            holders,
             me: me.clone(),
         });
         inner.schedule(&mut inner.state.lock());
@@ -261,6 +355,7 @@ impl TaskManager {
     /// Closes without waiting for the step in flight.
     pub(crate) fn cancel(&self) {
         let inner = &self.inner;
+        inner.holders.close();
         let mut state = inner.state.lock();
         if !state.closed {
             state.closed = true;
@@ -445,30 +540,24 @@ impl Inner {
     fn arm_retry(&self, state: &mut State) {
         let nominal = match state.backoff {
             None => self.options.retry_start,
-            Some(previous) => (previous * 2).min(self.options.retry_cap),
+            Some(previous) => previous.saturating_mul(2).min(self.options.retry_cap),
         };
         state.backoff = Some(nominal);
-        let at = Instant::now() + jitter(nominal);
+        let at = crate::time::after(jitter(nominal));
         state.retry_at = Some(at);
-        let due: Weak<dyn Due> = self.me.clone();
-        timer::schedule(at, due);
+        let retry = Arc::downgrade(&self.retry);
+        timer::schedule(at, retry);
     }
-}
 
-impl Due for Inner {
-    /// Runs the retry, unless the manager moved on (an update, a later retry) or
-    /// closed meanwhile.
-    fn fire(&self) {
+    /// A retry's time came: runs it unless the manager moved on (an update, a
+    /// later retry) or closed meanwhile.
+    fn retry_due(&self) {
         let mut state = self.state.lock();
         if state.closed || state.retry_at.is_none_or(|at| at > Instant::now()) {
             return;
         }
         state.retry_at = None;
         self.schedule(&mut state);
-    }
-
-    fn is_stale(&self) -> bool {
-        self.state.lock().retry_at.is_none()
     }
 }
 
@@ -477,5 +566,5 @@ fn jitter(nominal: Duration) -> Duration {
     // Each RandomState is freshly keyed: a source of randomness without a crate.
     let random = RandomState::new().hash_one(Instant::now());
     let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-    nominal.mul_f64(0.5 + fraction / 2.0)
+    nominal.mul_f64(0.5 + fraction / 2.0).min(nominal)
 }

@@ -23,21 +23,31 @@
 //! `swarmexec` inside this process's own cgroup (a v1 hierarchy, or a v2 one
 //! without controllers to enable), or at the root of a v2 hierarchy whose
 //! controllers root must enable (a cgroup holding processes cannot hand controllers
-//! to children); [`ProcessExecutor::with_cgroup_parent`](super::ProcessExecutor::with_cgroup_parent)
-//! names another, relative to each hierarchy's root. The owner is
-//! `<pid>-<start time>-<k>`: [`Owner`] tells a live owner from a dead one, so
-//! that an executor cleans up after a dead one and never touches a live one.
+//! to children); [`ProcessExecutorBuilder::cgroup_parent`](super::ProcessExecutorBuilder::cgroup_parent)
+//! names another, relative to each hierarchy's root, which stays the caller's:
+//! the executor removes only the cgroups it made. The owner directory is locked
+//! for the executor's life (see the `owner` module), so that an executor cleans up
+//! after a dead one and never touches a live one, in whatever pid namespace.
+//!
+//! # Off the reaper
+//!
+//! Removing a cgroup may wait (for the processes in it to die, for the kernel to
+//! let go of it), and freezing a v1 cgroup waits for the freeze: both are chores
+//! (see the `chores` module). Making a cgroup is never given up on for good: a
+//! failure is an error for that task, and the next one tries again.
 
-use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use super::owner::{take_if_dead, Owner, OwnerLock};
+use super::sys::fs::Dir;
 use super::sys::CgroupJoin;
 use crate::api::{Limits, ResourceUsage};
 use crate::Error;
@@ -139,59 +149,6 @@ fn own_cgroup(cgroups: &str, controller: &str, mount_root: &str) -> Option<PathB
     Some(relative.to_path_buf())
 }
 
-/// One executor's identity in the cgroup tree and its state directory:
-/// `<pid>-<start time>-<k>`. The start time (in clock ticks since boot) tells a
-/// live process from a later one that reuses its pid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pid: u32,
-    start_time: u64,
-    k: u64,
-}
-
-impl Owner {
-    /// A new owner for an executor of this process.
-    pub(crate) fn new() -> Owner {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let pid = std::process::id();
-        Owner {
-            pid,
-            start_time: start_time(pid).unwrap_or(0),
-            k: NEXT.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    /// The owner a name written by [`Display`](fmt::Display) stands for.
-    pub(crate) fn parse(name: &str) -> Option<Owner> {
-        let mut parts = name.split('-');
-        let owner = Owner {
-            pid: parts.next()?.parse().ok()?,
-            start_time: parts.next()?.parse().ok()?,
-            k: parts.next()?.parse().ok()?,
-        };
-        parts.next().is_none().then_some(owner)
-    }
-
-    /// True while the process that made this owner runs.
-    pub(crate) fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time)
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}-{}", self.pid, self.start_time, self.k)
-    }
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = read_kernel_file(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
-    // The command name, in parentheses, may hold spaces: count after its end.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// What the executor can do with cgroups on this host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Containment {
@@ -213,34 +170,118 @@ pub struct Containment {
 /// A parent cgroup of one executor in one hierarchy, made on first use.
 #[derive(Debug)]
 struct Place {
+    /// `<base>/<owner>`.
     dir: PathBuf,
     v2: bool,
-    /// Whether making it worked, once it was tried.
-    made: OnceLock<Result<(), String>>,
+    state: Mutex<PlaceState>,
+}
+
+#[derive(Debug)]
+enum PlaceState {
+    /// Not made yet, or making it failed (the next use tries again).
+    Unmade,
+    /// Made and locked; `created` are the directories above it that making it
+    /// created, the nearest first: only those are removed with it.
+    Made {
+        _lock: OwnerLock,
+        created: Vec<PathBuf>,
+    },
+    /// Removed: never made again.
+    Sealed,
 }
 
 impl Place {
-    /// Makes the directory unless it was made; fails (for good) if it could not be.
+    /// Makes the directory and takes its owner lock, unless that was done. A
+    /// failure is not remembered: the next call tries again. Errors are temporary
+    /// (a cgroup limit such as `cgroup.max.descendants`, another executor removing
+    /// the base meanwhile), and name the cgroup.
     fn make(&self) -> Result<(), Error> {
-        let made = self.made.get_or_init(|| {
-            // Another executor may remove the base between our making it and the
-            // owner's directory: try again once.
-            fs::create_dir_all(&self.dir)
-                .or_else(|_| fs::create_dir_all(&self.dir))
-                .map_err(|e| format!("cannot create cgroup {}: {e}", self.dir.display()))
-        });
-        made.clone().map_err(Error::InvalidSpec)
+        let mut state = self.state.lock();
+        match &*state {
+            PlaceState::Made { .. } => return Ok(()),
+            PlaceState::Sealed => {
+                return Err(Error::other(format!(
+                    "cgroup {} was removed",
+                    self.dir.display()
+                )))
+            }
+            PlaceState::Unmade => {}
+        }
+        let fail = |e: io::Error| {
+            crate::make_temporary(Error::other(format!(
+                "cannot create cgroup {}: {e}",
+                self.dir.display()
+            )))
+        };
+        let (base, name) = match (self.dir.parent(), self.dir.file_name()) {
+            (Some(base), Some(name)) => (base, name),
+            _ => return Err(fail(io::ErrorKind::InvalidInput.into())),
+        };
+        // Another executor may remove the base, or take our directory for a dead
+        // owner's, between our making it and locking it: try again twice.
+        let mut tries = 0;
+        let (lock, created) = loop {
+            tries += 1;
+            let attempt = create_missing(base).and_then(|created| {
+                let base_dir = Dir::open(base)?;
+                let dir = base_dir.make_dir(name, 0o755)?;
+                Ok((OwnerLock::take(&base_dir, name, &dir)?, created))
+            });
+            match attempt {
+                Ok(made) => break made,
+                Err(e) if tries < 3 && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(e)),
+            }
+        };
+        *state = PlaceState::Made {
+            _lock: lock,
+            created,
+        };
+        Ok(())
     }
 
-    fn was_made(&self) -> bool {
-        matches!(self.made.get(), Some(Ok(())))
+    fn is_made(&self) -> bool {
+        matches!(*self.state.lock(), PlaceState::Made { .. })
     }
 
-    /// Makes sure it will not be made from now on; waits while it is being made.
-    fn seal(&self) {
-        self.made
-            .get_or_init(|| Err(format!("{} was removed", self.dir.display())));
+    /// Removes the directory (what is still in it first, killed) and the
+    /// directories above it that making it created, and seals it: from now on it
+    /// is never made. A directory above that is still in use (another
+    /// executor's) is left. Waits while it is being made.
+    fn remove(&self, log_failures: bool) {
+        let state = std::mem::replace(&mut *self.state.lock(), PlaceState::Sealed);
+        let PlaceState::Made { created, _lock } = state else {
+            return;
+        };
+        if let Err(e) = remove_tree(&self.dir, self.v2) {
+            if log_failures {
+                log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", self.dir.display());
+            }
+            return;
+        }
+        drop(_lock);
+        for dir in created {
+            if fs::remove_dir(&dir).is_err() {
+                break;
+            }
+        }
     }
+}
+
+/// Makes `dir` and whatever above it is missing (mode 0755); returns those it
+/// made, the deepest first.
+fn create_missing(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    let mut created = Vec::new();
+    for dir in missing.iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => created.push(dir.to_path_buf()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    created.reverse();
+    Ok(created)
 }
 
 /// An executor's cgroups: the parent it made in each hierarchy it uses.
@@ -250,13 +291,16 @@ pub(crate) struct Cgroups {
     memory: Option<Arc<Place>>,
     pids: Option<Arc<Place>>,
     cpu: Option<Arc<Place>>,
+    /// The v2 containment cgroup also counts memory (its hierarchy has the
+    /// memory controller, enabled for the executor's tasks).
+    v2_memory: bool,
 }
 
 impl Cgroups {
-    /// Makes the executor's parent cgroups, under `parent` (relative to each
-    /// hierarchy's root) or the default base; first removes what dead owners left
-    /// under that base. A hierarchy where they cannot be made (no permission, no
-    /// such hierarchy) is not used.
+    /// The executor's parent cgroups, under `parent` (relative to each
+    /// hierarchy's root) or the default base. A hierarchy where they cannot be
+    /// made (no permission, no such hierarchy) is not used. Nothing is made yet
+    /// where nothing must be (see [`make_ahead`](Cgroups::make_ahead)).
     pub(crate) fn new(owner: &Owner, parent: Option<&Path>) -> Cgroups {
         let mounts = Mounts::read();
         let v2_controllers = mounts
@@ -264,14 +308,9 @@ impl Cgroups {
             .as_ref()
             .map(|v2| v2_available_controllers(v2, parent))
             .unwrap_or_default();
-        // Made for a limit when a task first has one (on a hybrid host each is a
-        // directory more); for containment, which every task needs, at once where
-        // its controllers must be enabled, else by the first task or ahead of it in
-        // the background (see `make_ahead`).
         let place = |hierarchy: &Option<Hierarchy>| -> Option<Arc<Place>> {
             let hierarchy = hierarchy.as_ref()?;
             let base = base_dir(hierarchy, parent, !v2_controllers.is_empty());
-            clean_dead_owners(&base);
             if !super::sys::may_create_in(&base) {
                 log::debug!(target: "swarmexec", "no permission for cgroups under {}", base.display());
                 return None;
@@ -279,21 +318,16 @@ impl Cgroups {
             Some(Arc::new(Place {
                 dir: base.join(owner.to_string()),
                 v2: hierarchy.v2,
-                made: OnceLock::new(),
+                state: Mutex::new(PlaceState::Unmade),
             }))
         };
-        let made = |place: Option<Arc<Place>>| place.filter(|p| p.make().is_ok());
-        let v2 = if v2_controllers.is_empty() {
-            place(&mounts.v2)
-        } else {
-            made(place(&mounts.v2))
-        };
-        if let Some(v2) = &v2 {
-            enable_controllers(v2, &v2_controllers, &mounts);
-        }
-        // The controllers the executor's v2 cgroup hands to its children.
+        let v2 = place(&mounts.v2);
+        // Controllers are enabled on the way down to the executor's cgroup, which
+        // must be made for that (a cgroup holding processes cannot hand controllers
+        // to children, hence the base at the root).
         let enabled = match &v2 {
-            Some(v2) if !v2_controllers.is_empty() => {
+            Some(v2) if !v2_controllers.is_empty() && v2.make().is_ok() => {
+                enable_controllers(v2, &v2_controllers, &mounts);
                 read_kernel_file(&v2.dir.join("cgroup.subtree_control")).unwrap_or_default()
             }
             _ => String::new(),
@@ -302,8 +336,14 @@ impl Cgroups {
             let has = enabled.split_whitespace().any(|c| c == controller);
             has.then(|| v2.clone()).flatten()
         };
-        let containment = v2.clone().or_else(|| made(place(&mounts.freezer)));
+        // Without v2, containment is the v1 freezer's, made now so that a host
+        // whose freezer is not ours falls back to process groups at once.
+        let containment = v2.clone().or_else(|| {
+            let freezer = place(&mounts.freezer)?;
+            freezer.make().is_ok().then_some(freezer)
+        });
         Cgroups {
+            v2_memory: v2_with("memory").is_some(),
             memory: v2_with("memory").or_else(|| place(&mounts.memory)),
             pids: v2_with("pids").or_else(|| place(&mounts.pids)),
             cpu: v2_with("cpu").or_else(|| place(&mounts.cpu)),
@@ -311,16 +351,35 @@ impl Cgroups {
         }
     }
 
+    /// The directories where dead owners' cgroups may be left: the bases of the
+    /// hierarchies this executor uses.
+    pub(crate) fn bases(&self) -> Vec<PathBuf> {
+        let mut bases: Vec<PathBuf> = self
+            .places()
+            .filter_map(|p| p.dir.parent().map(Path::to_path_buf))
+            .collect();
+        bases.sort();
+        bases.dedup();
+        bases
+    }
+
+    fn places(&self) -> impl Iterator<Item = &Arc<Place>> {
+        [&self.containment, &self.memory, &self.pids, &self.cpu]
+            .into_iter()
+            .flatten()
+    }
+
     /// What makes the executor's containment cgroup ahead of its first task, for
     /// a thread with nothing better to do; `None` once it was made. Whoever needs
     /// it first makes it (or waits while it is being made).
     pub(crate) fn make_ahead(&self) -> Option<impl FnOnce() + Send + 'static> {
-        let containment = self
-            .containment
-            .as_ref()
-            .filter(|c| c.made.get().is_none())?;
+        let containment = self.containment.as_ref().filter(|c| !c.is_made())?;
         let containment = Arc::clone(containment);
-        Some(move || drop(containment.make()))
+        Some(move || {
+            if let Err(e) = containment.make() {
+                log::debug!(target: "swarmexec", "{e}");
+            }
+        })
     }
 
     /// No cgroups: tasks are held together by their process group only.
@@ -330,6 +389,7 @@ impl Cgroups {
             memory: None,
             pids: None,
             cpu: None,
+            v2_memory: false,
         }
     }
 
@@ -341,31 +401,20 @@ impl Cgroups {
         kill.exists().then_some(kill)
     }
 
-    /// The containment cgroup, made (or waited for while it is being made); `None`
-    /// where there is none or it cannot be made: then tasks are held together by
-    /// their process group only.
-    fn made_containment(&self) -> Option<&Arc<Place>> {
-        self.containment.as_ref().filter(|c| c.make().is_ok())
-    }
-
-    /// What is in force.
+    /// What is in force; makes the containment cgroup (or waits while it is
+    /// being made), so that it is there to be seen.
     pub(crate) fn containment(&self) -> Containment {
-        let containment = self.made_containment();
-        let method = match containment.map(|c| c.v2) {
+        if let Some(containment) = &self.containment {
+            if let Err(e) = containment.make() {
+                log::debug!(target: "swarmexec", "{e}");
+            }
+        }
+        let method = match self.containment.as_ref().map(|c| c.v2) {
             Some(true) => "cgroup v2",
             Some(false) => "cgroup v1 freezer",
             None => "process group",
         };
-        let mut cgroups: Vec<PathBuf> = [
-            containment,
-            self.memory.as_ref(),
-            self.pids.as_ref(),
-            self.cpu.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|p| p.dir.clone())
-        .collect();
+        let mut cgroups: Vec<PathBuf> = self.places().map(|p| p.dir.clone()).collect();
         cgroups.dedup();
         Containment {
             method,
@@ -376,19 +425,16 @@ impl Cgroups {
         }
     }
 
-    /// Refuses limits this host cannot enforce, naming what is missing.
+    /// Refuses limits out of range, and limits this host cannot enforce, naming
+    /// what is missing.
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), Error> {
+        check_ranges(limits)?;
         let missing = [
             (limits.memory_bytes, &self.memory, "memory", "memory"),
             (limits.pids, &self.pids, "pids", "process-count"),
             (limits.nano_cpus, &self.cpu, "cpu", "CPU"),
         ];
         for (value, place, controller, what) in missing {
-            if value < 0 {
-                return Err(Error::InvalidSpec(format!(
-                    "the {what} limit {value} is negative"
-                )));
-            }
             match place {
                 None if value > 0 => {
                     return Err(Error::InvalidSpec(format!(
@@ -405,15 +451,18 @@ impl Cgroups {
     }
 
     /// Makes the task's cgroups, named `name`, with `limits` set (checked by
-    /// [`check`](Cgroups::check)); `None` without containment.
+    /// [`check`](Cgroups::check)); `None` where the host gives no cgroups. Where
+    /// it does, a task never runs uncontained: a cgroup that cannot be made is a
+    /// temporary error that says why.
     pub(crate) fn create(&self, name: &str, limits: &Limits) -> Result<Option<TaskCgroup>, Error> {
-        let Some(containment) = self.made_containment() else {
+        let Some(containment) = &self.containment else {
             return Ok(None);
         };
+        containment.make()?;
         let mut task = TaskCgroup {
             containment: containment.dir.join(name),
             v2: containment.v2,
-            memory: None,
+            memory: self.v2_memory.then(|| (containment.dir.join(name), true)),
             pids: None,
             cpu: None,
             dirs: Vec::new(),
@@ -428,40 +477,60 @@ impl Cgroups {
         }
     }
 
-    /// Removes the executor's parent cgroups (empty once its tasks are gone);
-    /// one that cannot be removed is logged.
+    /// Removes the executor's parent cgroups and what it made above them (never
+    /// a parent it was given); one that cannot be removed is logged. None is made
+    /// afterwards.
     pub(crate) fn remove(&self) {
-        self.remove_dirs(true);
+        self.places().for_each(|p| p.remove(true));
     }
+}
 
-    /// As [`remove`](Cgroups::remove), quietly: a cgroup still in use (a task's
-    /// not yet removed) is left for a later `remove`.
-    pub(crate) fn remove_if_empty(&self) {
-        self.remove_dirs(false);
-    }
+/// The smallest memory limit, as Docker has it: 6 MiB. Below it a program
+/// cannot even be started.
+pub const MIN_MEMORY_LIMIT: i64 = 6 << 20;
 
-    fn remove_dirs(&self, log_failures: bool) {
-        let mut dirs: Vec<&PathBuf> = [&self.containment, &self.memory, &self.pids, &self.cpu]
-            .into_iter()
-            .flatten()
-            .inspect(|p| p.seal())
-            .filter(|p| p.was_made())
-            .map(|p| &p.dir)
-            .collect();
-        dirs.dedup();
-        for dir in dirs {
-            match fs::remove_dir(dir) {
-                Err(e) if log_failures && e.kind() != io::ErrorKind::NotFound => {
-                    log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display())
-                }
-                _ => {}
-            }
-            // The base too, unless another executor uses it.
-            if let Some(base) = dir.parent() {
-                let _ = fs::remove_dir(base);
-            }
+/// The smallest CPU limit, as Docker has it: a hundredth of a CPU.
+const MIN_NANO_CPUS: i64 = 10_000_000;
+
+/// Refuses negative limits, memory under [`MIN_MEMORY_LIMIT`], more processes
+/// than the kernel's `pid_max` and more CPUs than the host has, with the allowed
+/// range.
+fn check_ranges(limits: &Limits) -> Result<(), Error> {
+    let invalid = |problem: String| Err(Error::InvalidSpec(problem));
+    for (value, what) in [
+        (limits.memory_bytes, "memory"),
+        (limits.pids, "process-count"),
+        (limits.nano_cpus, "CPU"),
+    ] {
+        if value < 0 {
+            return invalid(format!("the {what} limit {value} is negative"));
         }
     }
+    let memory = limits.memory_bytes;
+    if memory > 0 && memory < MIN_MEMORY_LIMIT {
+        return invalid(format!(
+            "the memory limit {memory} bytes is under the minimum of {MIN_MEMORY_LIMIT} bytes \
+             (6 MiB), as Docker has it"
+        ));
+    }
+    let pid_max = number(Path::new("/proc/sys/kernel/pid_max")).map_or(i64::MAX, |n| n as i64);
+    if limits.pids > pid_max {
+        return invalid(format!(
+            "the process-count limit {} is over the kernel's maximum, {pid_max} (allowed: 1 to \
+             {pid_max})",
+            limits.pids
+        ));
+    }
+    let cpus = super::sys::online_cpus();
+    let nano = limits.nano_cpus;
+    if nano > 0 && (nano < MIN_NANO_CPUS || nano > cpus.saturating_mul(1_000_000_000)) {
+        return invalid(format!(
+            "the CPU limit {} CPUs is out of range: from 0.01 to {cpus}.00, as this host has \
+             {cpus} CPUs",
+            nano as f64 / 1e9
+        ));
+    }
+    Ok(())
 }
 
 /// The directory holding owners' cgroups in `hierarchy`.
@@ -521,47 +590,69 @@ fn has_controller_enabled(dir: &Path, controller: &str) -> bool {
         .is_ok_and(|enabled| enabled.split_whitespace().any(|c| c == controller))
 }
 
-/// Kills what is left in the cgroups of dead owners under `base`, and removes them.
-fn clean_dead_owners(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else {
+/// Kills what is left in the cgroups of dead owners under `base` (those whose
+/// lock can be taken: see the `owner` module), and removes them. For the chores
+/// thread: it may wait for processes to die.
+pub(crate) fn clean_dead_owners(base: &Path) {
+    let Ok(base_dir) = Dir::open(base) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(owner) = name.to_str().and_then(Owner::parse) else {
+    for name in base_dir.names().unwrap_or_default() {
+        if name.to_str().and_then(Owner::parse).is_none() {
+            continue;
+        }
+        let Ok(dir) = base_dir.open_dir(&name) else {
             continue;
         };
-        if owner.is_alive() {
+        let Ok(Some(_lock)) = take_if_dead(&dir) else {
             continue;
-        }
-        let dir = entry.path();
-        let tasks: Vec<PathBuf> = fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for task in &tasks {
-            let cgroup = TaskCgroup::adopt(task);
-            let _ = cgroup.kill();
-            cgroup.wait_empty(Duration::from_secs(2));
-            cgroup.remove();
-        }
-        match fs::remove_dir(&dir) {
+        };
+        let path = base.join(&name);
+        let v2 = path.join("cgroup.events").exists();
+        match remove_tree(&path, v2) {
             Ok(()) => log::info!(
                 target: "swarmexec",
-                "removed cgroup {} of a dead executor ({} task cgroups)",
-                dir.display(),
-                tasks.len()
+                "removed cgroup {} of a dead executor",
+                path.display()
             ),
             Err(e) => {
-                log::warn!(target: "swarmexec", "cannot remove cgroup {} of a dead executor: {e}", dir.display())
+                log::warn!(target: "swarmexec", "cannot remove cgroup {} of a dead executor: {e}", path.display())
             }
         }
     }
 }
+
+/// Removes the cgroup `dir` and every cgroup under it, depth first, killing
+/// what runs in each first (so a task that made cgroups of its own, as a nested
+/// supervisor does, leaves nothing). For the chores thread: it waits for the
+/// killed to die, and out the kernel's `EBUSY` after the last one has.
+pub(crate) fn remove_tree(dir: &Path, v2: bool) -> io::Result<()> {
+    let cgroup = TaskCgroup::adopt(dir, v2);
+    if !cgroup.is_empty() {
+        let _ = cgroup.kill();
+        cgroup.wait_empty(EMPTYING_WAIT);
+    }
+    let children = fs::read_dir(dir).map(|entries| {
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    });
+    match children {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(children) => {
+            for child in children {
+                remove_tree(&child, v2)?;
+            }
+        }
+    }
+    remove_cgroup(dir)
+}
+
+/// How long removal waits for a cgroup's processes to die once killed.
+const EMPTYING_WAIT: Duration = Duration::from_secs(2);
 
 /// One task's cgroups.
 #[derive(Debug)]
@@ -569,6 +660,7 @@ pub(crate) struct TaskCgroup {
     /// The cgroup that holds every process of the task.
     containment: PathBuf,
     v2: bool,
+    /// Where its memory is counted, and whether that is v2.
     memory: Option<(PathBuf, bool)>,
     pids: Option<(PathBuf, bool)>,
     cpu: Option<(PathBuf, bool)>,
@@ -613,9 +705,8 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// A task cgroup found on disk (a dead owner's), to kill and remove.
-    fn adopt(dir: &Path) -> TaskCgroup {
-        let v2 = dir.join("cgroup.events").exists();
+    /// A cgroup found on disk, to kill and remove.
+    fn adopt(dir: &Path, v2: bool) -> TaskCgroup {
         TaskCgroup {
             containment: dir.to_path_buf(),
             v2,
@@ -644,18 +735,24 @@ impl TaskCgroup {
         Ok(CgroupJoin { v2, procs })
     }
 
-    /// Kills every process in the task's cgroup: `cgroup.kill` on v2; on v1,
-    /// freeze, SIGKILL every member, thaw (frozen, no member can fork or exit, so
-    /// no pid read can be reused before the kill).
+    /// True where killing the task's cgroup is one quick write (v2's
+    /// `cgroup.kill`); false where it means freezing first, which may take a
+    /// while (for the chores thread, not the reaper).
+    pub(crate) fn kills_at_once(&self) -> bool {
+        self.v2 && self.containment.join("cgroup.kill").exists()
+    }
+
+    /// Kills every process in the task's cgroup and those below it: `cgroup.kill`
+    /// on v2; on v1, freeze, SIGKILL every member, thaw (frozen, no member can
+    /// fork or exit, so no pid read can be reused before the kill).
     pub(crate) fn kill(&self) -> io::Result<()> {
-        let kill_file = self.containment.join("cgroup.kill");
-        if self.v2 && kill_file.exists() {
-            return write(&kill_file, "1");
+        if self.kills_at_once() {
+            return write(&self.containment.join("cgroup.kill"), "1");
         }
         let state = self.containment.join("freezer.state");
         if !self.v2 && state.exists() {
             write(&state, "FROZEN")?;
-            let deadline = Instant::now() + FREEZE_WAIT;
+            let deadline = crate::time::after(FREEZE_WAIT);
             while read_trimmed(&state).as_deref() != Some("FROZEN") && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -682,7 +779,7 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// True once no process is left in the task's cgroup.
+    /// True once no process is left in the task's cgroup (nor below it).
     pub(crate) fn is_empty(&self) -> bool {
         if self.v2 {
             if let Some(events) = read_trimmed(&self.containment.join("cgroup.events")) {
@@ -694,7 +791,7 @@ impl TaskCgroup {
 
     /// Waits, a little at a time, until the cgroup is empty or `limit` passes.
     pub(crate) fn wait_empty(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        let deadline = crate::time::after(limit);
         while !self.is_empty() {
             if Instant::now() >= deadline {
                 return false;
@@ -719,18 +816,19 @@ impl TaskCgroup {
         counter(&counters, "oom_kill").unwrap_or(0)
     }
 
-    /// What the task has used so far.
+    /// What the task has used so far. Memory is its cgroup's count where it has
+    /// a memory cgroup (a limit, or a v2 hierarchy with the memory controller);
+    /// elsewhere the resident memory of its processes, summed.
     pub(crate) fn usage(&self) -> ResourceUsage {
+        let procs = read_trimmed(&self.containment.join("cgroup.procs"));
         let memory_bytes = match &self.memory {
             Some((dir, true)) => number(&dir.join("memory.current")),
             Some((dir, false)) => number(&dir.join("memory.usage_in_bytes")),
-            None => None,
+            None => procs.as_deref().map(resident_bytes),
         };
-        let processes = read_trimmed(&self.containment.join("cgroup.procs"))
-            .map(|procs| procs.lines().count() as u64);
         ResourceUsage {
             memory_bytes,
-            processes,
+            processes: procs.map(|procs| procs.lines().count() as u64),
             ..self.totals()
         }
     }
@@ -756,20 +854,45 @@ impl TaskCgroup {
         }
     }
 
-    /// Removes the task's cgroups (empty by now); failures are logged.
-    pub(crate) fn remove(&self) {
-        for dir in self.dirs.iter().rev() {
-            if let Err(e) = remove_cgroup(dir) {
-                log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display());
+    /// What removes the task's cgroups (empty by now, but for cgroups a task
+    /// made inside its own), for the chores thread; failures are logged.
+    pub(crate) fn removal(&self) -> impl FnOnce() + Send + 'static {
+        let (dirs, v2) = (self.dirs.clone(), self.v2);
+        move || {
+            for (i, dir) in dirs.iter().enumerate().rev() {
+                // Only the containment cgroup is v2 on a hybrid host.
+                if let Err(e) = remove_tree(dir, v2 && i == 0) {
+                    log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", dir.display());
+                }
             }
         }
     }
+
+    /// Removes the task's cgroups now, on this thread.
+    pub(crate) fn remove(&self) {
+        self.removal()();
+    }
+}
+
+/// The resident memory of the processes listed (one pid a line), summed from
+/// `/proc/<pid>/status`; what cannot be read (a process gone) counts nothing.
+fn resident_bytes(pids: &str) -> u64 {
+    pids.lines()
+        .filter_map(|pid| {
+            read_kernel_file(&Path::new("/proc").join(pid.trim()).join("status")).ok()
+        })
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Removes an empty cgroup; the kernel may need a moment after its last process
 /// exits before it lets go.
 fn remove_cgroup(dir: &Path) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = crate::time::after(Duration::from_secs(1));
     loop {
         match fs::remove_dir(dir) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
@@ -926,17 +1049,26 @@ mod tests {
     }
 
     #[test]
-    fn owners_round_trip_and_know_whether_they_live() {
-        let me = Owner::new();
-        assert_eq!(Owner::parse(&me.to_string()), Some(me.clone()));
-        assert!(me.is_alive());
-        let reused_pid = Owner {
-            start_time: me.start_time + 1,
-            ..me
+    fn limits_out_of_range_are_refused_with_the_range() {
+        let limits = |memory_bytes, pids, nano_cpus| Limits {
+            memory_bytes,
+            pids,
+            nano_cpus,
         };
-        assert!(!reused_pid.is_alive());
-        assert_eq!(Owner::parse("12-x-3"), None);
-        assert_eq!(Owner::parse("1-2-3-4"), None);
+        let refused = |l: Limits| match check_ranges(&l) {
+            Err(Error::InvalidSpec(message)) => message,
+            other => panic!("{l:?}: {other:?}"),
+        };
+        assert!(refused(limits(1, 0, 0)).contains("minimum of 6291456 bytes"));
+        assert!(refused(limits(8 << 10, 0, 0)).contains("6 MiB"));
+        assert!(refused(limits(-1, 0, 0)).contains("negative"));
+        assert!(refused(limits(0, 5_000_000_000, 0)).contains("kernel's maximum"));
+        let cpus = crate::process::sys::online_cpus();
+        let too_many = (cpus + 1) * 1_000_000_000;
+        assert!(refused(limits(0, 0, too_many)).contains(&format!("to {cpus}.00")));
+        assert!(refused(limits(0, 0, 1)).contains("from 0.01"));
+        check_ranges(&limits(MIN_MEMORY_LIMIT, 100, 500_000_000)).unwrap();
+        check_ranges(&Limits::default()).unwrap();
     }
 
     #[test]
@@ -967,8 +1099,10 @@ mod tests {
         ahead();
         assert!(dir.is_dir());
         assert!(cgroups.make_ahead().is_none(), "made once");
+        let base = dir.parent().unwrap().to_path_buf();
         cgroups.remove();
         assert!(!dir.exists());
+        clean_dead_owners(&base);
 
         // Removed before the chore ran: the chore makes nothing.
         let cgroups = Cgroups::new(&Owner::new(), None);

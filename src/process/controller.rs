@@ -1,11 +1,10 @@
 //! [`ProcessController`]: one task run as a supervised OS process.
 
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,20 +14,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::cgroup::{Cgroups, Owner};
+use super::cgroup::Cgroups;
+use super::chores::Chores;
 use super::health::{HealthMonitor, HealthPlan, ProbePlanner};
+use super::owner::Owner;
 use super::spec::{self, Launch};
 use super::supervisor::{Exit, Pipes, Process, Supervisor};
 use super::sys::{self, SpawnError, SpawnPlan, SpawnStep};
+use super::task_files::{self, StateClaim, StateDir};
 use super::watchdog::{self, Watchdog};
 use crate::api::{
-    Config, ContainerStatus, Health, HealthState, InputSource, LogContext, LogSubscriptionOptions,
-    OutputSink, ProcessSpec, ResourceUsage, Runtime, Secret, Task,
+    ContainerStatus, Health, HealthState, InputSource, LogContext, LogSubscriptionOptions,
+    OutputSink, ProcessSpec, ResourceUsage, Runtime, Task,
 };
 use crate::executor::DependencyStore;
 use crate::{
-    make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, DependencyGetter,
-    Error, ExitError, HealthStatuser, LogPublisher, ResourceUsager,
+    make_temporary, CancelToken, ContainerStatuser, Controller, ControllerLogs, Error, ExitError,
+    HealthStatuser, LogPublisher, ResourceUsager,
 };
 
 /// How long `close` waits for a killed process to go before leaving it to the reaper.
@@ -60,27 +62,41 @@ const WATCHDOG_DELAY: Duration = Duration::from_millis(50);
 
 /// What a controller shares with its executor.
 ///
-/// When it goes, the reaper is stopped first (it kills and reaps what still runs
-/// and removes the tasks' cgroups), then the executor's own cgroups, now empty, are
-/// removed (see its `Drop`).
+/// When it goes, the reaper is stopped first (it kills and reaps what still runs),
+/// then the chores left are done (the tasks' cgroups removed), then the
+/// executor's own cgroups, now empty, are removed and its claim on the state
+/// directory let go (their `Drop`s, in field order).
 pub(crate) struct Environment {
     pub(crate) supervisor: Supervisor,
+    pub(crate) chores: Chores,
     /// Armed by the first program, started shortly after it, where the host
     /// allows one.
     pub(crate) watchdog: OnceLock<Option<Watchdog>>,
     pub(crate) cgroups: ExecutorCgroups,
     pub(crate) owner: Owner,
-    pub(crate) state_dir: PathBuf,
+    pub(crate) state: StateDir,
+    pub(crate) _claim: StateClaim,
     pub(crate) dependencies: Arc<DependencyStore>,
 }
 
 impl Environment {
-    /// Has the reaper make the executor's cgroup while the caller goes on to its
-    /// first task: on a small host that takes as long as the rest of a short run.
-    pub(crate) fn make_cgroups_ahead(&self) {
+    /// Has the chores thread clean up after dead owners of the state directory
+    /// and the cgroup bases, and make the executor's cgroup while the caller goes
+    /// on to its first task (on a small host that takes as long as the rest of a
+    /// short run).
+    pub(crate) fn start_chores(&self) -> Result<(), Error> {
+        let state = self.state.try_clone()?;
+        let bases = self.cgroups.0.bases();
+        self.chores.run(move || {
+            state.clean_dead_owners();
+            bases
+                .iter()
+                .for_each(|base| super::cgroup::clean_dead_owners(base));
+        });
         if let Some(chore) = self.cgroups.0.make_ahead() {
-            self.supervisor.run_ahead(chore);
+            self.chores.run(chore);
         }
+        Ok(())
     }
 
     /// Arms the watchdog, where the executor's tasks can all be killed through one
@@ -91,23 +107,19 @@ impl Environment {
         let armed = Watchdog::arm(
             &self.supervisor,
             &kill_file,
-            Instant::now() + WATCHDOG_DELAY,
+            crate::time::after(WATCHDOG_DELAY),
         );
         armed.map_err(|e| watchdog::warn_unwatched(&e)).ok()
     }
 }
 
 impl Drop for Environment {
-    /// The reaper stops on its thread while the executor's cgroups, empty unless
-    /// a task still ran, go on this one (each takes as long as the other); one
-    /// that a task still held goes once the reaper has killed the task, when the
-    /// fields drop.
+    /// See the type's docs for the order.
     fn drop(&mut self) {
-        let stopping = self.supervisor.stop();
-        self.cgroups.0.remove_if_empty();
-        if let Some(stopping) = stopping {
+        if let Some(stopping) = self.supervisor.stop() {
             stopping.wait();
         }
+        self.chores.finish();
     }
 }
 
@@ -125,8 +137,9 @@ struct State {
     node_id: String,
     log_capacity: usize,
     phase: Phase,
-    /// The directory this controller created: the only one it ever deletes.
-    task_dir: Option<PathBuf>,
+    /// The name of the directory this controller created in the state
+    /// directory: the only one it ever deletes.
+    task_dir: Option<String>,
     /// Why the program could not be started, when it could not.
     start_failure: Option<StartFailure>,
     closed: bool,
@@ -192,7 +205,8 @@ impl ProcessController {
     /// fresh one per controller, named after the task, so that a controller for a
     /// reused task id never meets an old one's files.
     pub fn task_dir(&self) -> Option<PathBuf> {
-        self.state.lock().task_dir.clone()
+        let name = self.state.lock().task_dir.clone()?;
+        Some(self.env.state.path().join(name))
     }
 
     /// The task's health: `None` without a health check, or before the program
@@ -250,9 +264,13 @@ impl ProcessController {
         }
     }
 
-    /// The task's cgroup name, inside the executor's: `<task id>.<instance>`.
+    /// A new name for the task's cgroup, inside the executor's: `<task id>.<n>`,
+    /// `n` new at each start, so that a start tried again never meets the
+    /// cgroup of a failed one that the chores thread has yet to remove.
     fn cgroup_name(&self) -> String {
-        format!("{}.{}", self.state.lock().task.id, self.instance)
+        static STARTS: AtomicU64 = AtomicU64::new(1);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.state.lock().task.id)
     }
 
     /// The task's directory name: `<task id>.<owner>.<instance>`, the owner telling
@@ -362,7 +380,7 @@ impl ProcessController {
             .and_then(|r| r.limits)
             .unwrap_or_default();
         self.env.cgroups.0.check(&launch.limits)?;
-        let files = files(task, &self.env.dependencies)?;
+        let files = task_files::referenced(task, &self.env.dependencies)?;
         check_cancel(cancel)?;
         // A task without secrets or configs gets no directory: on disk-backed state
         // directories, creating and deleting one costs as much as spawning a program.
@@ -372,11 +390,11 @@ impl ProcessController {
                 task_dir: None,
             });
         }
-        let task_dir = create_task_dir(&self.env.state_dir.join(self.task_dir_name(&task.id)))?;
-        if let Err(e) = write_task_dir(&task_dir, &files, launch.credentials) {
-            remove_task_dir(&task_dir);
-            return Err(e);
-        }
+        let name = self.task_dir_name(&task.id);
+        let task_dir = self
+            .env
+            .state
+            .write_task(&name, &files, launch.credentials)?;
         for (var, subdir) in [
             ("SWARMEXEC_SECRETS_DIR", "secrets"),
             ("SWARMEXEC_CONFIGS_DIR", "configs"),
@@ -385,12 +403,18 @@ impl ProcessController {
         }
         Ok(Prepared {
             launch,
-            task_dir: Some(task_dir),
+            task_dir: Some(name),
         })
     }
 
-    /// Spawns the program and hands it to the reaper, without the lock.
-    fn spawn(&self, launch: &Launch, log_capacity: usize) -> Result<Arc<Process>, Error> {
+    /// Spawns the program and hands it to the reaper, without the lock; waits
+    /// for the reaper only as long as `cancel` allows.
+    fn spawn(
+        &self,
+        cancel: &CancelToken,
+        launch: &Launch,
+        log_capacity: usize,
+    ) -> Result<Arc<Process>, Error> {
         let stdin = input(&launch.stdin)?;
         let (stdout, stdout_pipe) = output(&launch.stdout, 1)?;
         let (stderr, stderr_pipe) = output(&launch.stderr, 2)?;
@@ -413,7 +437,10 @@ impl ProcessController {
             stdout: stdout_pipe,
             stderr: stderr_pipe,
         };
-        let process = self.env.supervisor.spawn(plan, pipes, log_capacity, cgroup);
+        let process = self
+            .env
+            .supervisor
+            .spawn(cancel, plan, pipes, log_capacity, cgroup)?;
         let process = process.map_err(|e| {
             let (error, failure) = spawn_error(launch, e);
             self.state.lock().start_failure = failure;
@@ -430,7 +457,7 @@ impl ProcessController {
         let Some(task_dir) = self.state.lock().task_dir.take() else {
             return Ok(());
         };
-        match delete_task_dir(&task_dir) {
+        match self.env.state.delete_task(&task_dir) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.state.lock().task_dir.get_or_insert(task_dir);
@@ -438,12 +465,21 @@ impl ProcessController {
             }
         }
     }
+
+    /// Deletes a directory on a path that already failed: a second failure is
+    /// logged.
+    fn remove_task_dir(&self, name: &str) {
+        if let Err(e) = self.env.state.delete_task(name) {
+            log::error!(target: "swarmexec", "{e}");
+        }
+    }
 }
 
-/// What `prepare` makes: the launch, and the directory it wrote, if any.
+/// What `prepare` makes: the launch, and the name of the directory it wrote,
+/// if any.
 struct Prepared {
     launch: Launch,
-    task_dir: Option<PathBuf>,
+    task_dir: Option<String>,
 }
 
 fn check_cancel(cancel: &CancelToken) -> Result<(), Error> {
@@ -513,7 +549,7 @@ impl Controller for ProcessController {
             Ok(prepared) if state.closed => {
                 drop(state);
                 if let Some(dir) = &prepared.task_dir {
-                    remove_task_dir(dir);
+                    self.remove_task_dir(dir);
                 }
                 Err(Error::ControllerClosed)
             }
@@ -560,7 +596,7 @@ impl Controller for ProcessController {
             state.phase = Phase::Starting;
             (launch, state.log_capacity)
         };
-        let spawned = check_cancel(cancel).and_then(|()| self.spawn(&launch, log_capacity));
+        let spawned = check_cancel(cancel).and_then(|()| self.spawn(cancel, &launch, log_capacity));
         let mut state = self.state.lock();
         let process = match spawned {
             Ok(process) => process,
@@ -670,7 +706,9 @@ impl Controller for ProcessController {
             (process, state.task_dir.take())
         };
         // Secrets go first: they must not outlast a program that will not die.
-        let deleted = task_dir.as_deref().map_or(Ok(()), delete_task_dir);
+        let deleted = task_dir
+            .as_deref()
+            .map_or(Ok(()), |name| self.env.state.delete_task(name));
         if let Some(process) = process {
             if kill(&CancelToken::new(), &process, Some(CLOSE_WAIT))
                 .ok()
@@ -989,154 +1027,4 @@ fn spawn_error(launch: &Launch, failure: SpawnError) -> (Error, Option<StartFail
 
 fn path_string(path: &Path) -> String {
     path.to_string_lossy().into_owned()
-}
-
-/// A file to write into the task's directory.
-struct TaskFile {
-    subdir: &'static str,
-    name: String,
-    mode: u32,
-    payload: Payload,
-}
-
-/// Held by `Arc`, so that writing a secret never copies its bytes.
-enum Payload {
-    Secret(Arc<Secret>),
-    Config(Arc<Config>),
-}
-
-impl Payload {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Secret(secret) => &secret.data,
-            Payload::Config(config) => &config.data,
-        }
-    }
-}
-
-/// The secrets and configs the task references, read through its restricted view.
-fn files(task: &Task, store: &DependencyStore) -> Result<Vec<TaskFile>, Error> {
-    let view = store.restrict(task);
-    let mut files = Vec::new();
-    for reference in task.spec.secret_references() {
-        files.push(TaskFile {
-            subdir: "secrets",
-            name: reference.target.clone(),
-            mode: reference.mode.unwrap_or(0o400),
-            payload: Payload::Secret(view.secrets().get(&reference.secret_id)?),
-        });
-    }
-    for reference in task.spec.config_references() {
-        files.push(TaskFile {
-            subdir: "configs",
-            name: reference.target.clone(),
-            mode: reference.mode.unwrap_or(0o444),
-            payload: Payload::Config(view.configs().get(&reference.config_id)?),
-        });
-    }
-    Ok(files)
-}
-
-/// Creates the task's directory (0700).
-fn create_task_dir(task_dir: &Path) -> Result<PathBuf, Error> {
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(task_dir)
-        .map_err(|e| file_error("cannot create", task_dir, &e))?;
-    Ok(task_dir.to_path_buf())
-}
-
-fn file_error(what: &str, path: &Path, e: &io::Error) -> Error {
-    let error = Error::other(format!("{what} {}: {e}", path.display()));
-    if sys::is_exhaustion(e) {
-        make_temporary(error)
-    } else {
-        error
-    }
-}
-
-/// Fills the task's directory: `secrets` and `configs` subdirectories (0700, owned
-/// by the task's user) with `files` in them. An error names the path it concerns.
-fn write_task_dir(
-    task_dir: &Path,
-    files: &[TaskFile],
-    owner: Option<(u32, u32)>,
-) -> Result<(), Error> {
-    let chown = |path: &Path| match owner {
-        Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| file_error("cannot give to the task's user", path, &e)),
-        None => Ok(()),
-    };
-    let mut dirs = fs::DirBuilder::new();
-    dirs.mode(0o700);
-    chown(task_dir)?;
-    for subdir in ["secrets", "configs"] {
-        let dir = task_dir.join(subdir);
-        dirs.create(&dir)
-            .map_err(|e| file_error("cannot create", &dir, &e))?;
-        chown(&dir)?;
-    }
-    for file in files {
-        let path = task_dir.join(file.subdir).join(&file.name);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut out| {
-                out.write_all(file.payload.bytes())?;
-                Ok(out)
-            })
-            .map_err(|e| file_error("cannot write", &path, &e))?;
-        chown(&path)?;
-        // Set after writing and explicitly: the mode given to open is cut by umask.
-        written
-            .set_permissions(fs::Permissions::from_mode(file.mode))
-            .map_err(|e| file_error("cannot set the mode of", &path, &e))?;
-    }
-    Ok(())
-}
-
-/// Deletes a task's directory, its secrets first, so that a failure part-way
-/// leaves configs behind rather than secrets.
-fn delete_task_dir(task_dir: &Path) -> Result<(), Error> {
-    for dir in [task_dir.join("secrets"), task_dir.to_path_buf()] {
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(file_error("cannot remove", &dir, &e))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the task directories that executors of dead processes left in
-/// `state_dir` (their names carry their owner), secrets first; logs each.
-pub(crate) fn remove_dead_owners_files(state_dir: &Path) {
-    let Ok(entries) = fs::read_dir(state_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let owner = name.to_str().and_then(|n| n.rsplit('.').nth(1));
-        if owner.and_then(Owner::parse).is_none_or(|o| o.is_alive()) {
-            continue;
-        }
-        match delete_task_dir(&entry.path()) {
-            Ok(()) => log::info!(
-                target: "swarmexec",
-                "removed {} left by an executor that died",
-                entry.path().display()
-            ),
-            Err(e) => log::error!(target: "swarmexec", "{e}"),
-        }
-    }
-}
-
-/// Deletes a directory on a path that already failed: a second failure is logged.
-fn remove_task_dir(task_dir: &Path) {
-    if let Err(e) = delete_task_dir(task_dir) {
-        log::error!(target: "swarmexec", "{e}");
-    }
 }

@@ -1,9 +1,10 @@
 //! Health checks: probes run on a schedule, and the task's health follows them.
 //!
-//! No thread is spent per task or per probe. The crate's timer fires each probe
-//! when it is due; the reaper thread spawns it (in the task's cgroup, as the task's
-//! user, like the task itself), reads its output, reaps it and hands the result
-//! back; the timer also kills a probe that runs past its timeout. A result updates
+//! No thread is spent per task or per probe. The crate's timer says when each
+//! probe is due, and does nothing else: the executor's chores thread prepares it
+//! (its pipes, its plan) and hears how it went; the reaper thread spawns it (in
+//! the task's cgroup, as the task's user, like the task itself), reads its output
+//! and reaps it; the timer also kills a probe that runs past its timeout. A result updates
 //! the task's [`Health`] and schedules the next probe: every `start_interval` until
 //! one passes, then every `interval`; failures during `start_period` do not count,
 //! and `retries` in a row make the task unhealthy, which ends the probing.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use super::chores::Chores;
 use super::controller::Environment;
 use super::supervisor::{Observer, Pipes, Process};
 use super::sys::{self, SpawnError, SpawnPlan};
@@ -55,6 +57,8 @@ pub(crate) struct HealthMonitor {
     planner: Box<ProbePlanner>,
     /// The executor's environment, whose reaper spawns the probes.
     env: Weak<Environment>,
+    /// Where probes are prepared and their results recorded.
+    chores: Chores,
     started: Instant,
     state: Mutex<Health>,
     stopped: AtomicBool,
@@ -80,6 +84,7 @@ impl HealthMonitor {
             task: Arc::downgrade(task),
             planner,
             env: Arc::downgrade(env),
+            chores: env.chores.clone(),
             started: Instant::now(),
             state: Mutex::new(Health::default()),
             stopped: AtomicBool::new(false),
@@ -191,7 +196,7 @@ impl HealthMonitor {
         match next {
             Some(delay) => {
                 let due: Weak<dyn Due> = self.me.clone();
-                timer::schedule(Instant::now() + delay, due);
+                timer::schedule(crate::time::after(delay), due);
             }
             // Unhealthy is the end: the task fails and is stopped.
             None => self.give_up(),
@@ -200,8 +205,11 @@ impl HealthMonitor {
 }
 
 impl Due for HealthMonitor {
+    /// Hands the probe to the chores thread: the timer does no I/O.
     fn fire(&self) {
-        self.probe();
+        if let Some(me) = self.me.upgrade() {
+            self.chores.run(move || me.probe());
+        }
     }
 
     fn is_stale(&self) -> bool {
@@ -271,7 +279,7 @@ impl Observer for Probe {
             fired: AtomicBool::new(false),
         });
         let due: Weak<dyn Due> = Arc::downgrade(&timeout) as Weak<dyn Due>;
-        timer::schedule(Instant::now() + self.monitor.plan.timeout, due);
+        timer::schedule(crate::time::after(self.monitor.plan.timeout), due);
         *self.timer.lock() = Some(timeout);
     }
 

@@ -84,27 +84,32 @@
 //! ```
 
 mod cgroup;
+mod chores;
 mod controller;
 mod health;
 mod logs;
+mod owner;
 mod spec;
 mod supervisor;
 mod sys;
+mod task_files;
 mod watchdog;
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 
 use parking_lot::Mutex;
 
-pub use cgroup::Containment;
-use cgroup::{Cgroups, Owner};
+use cgroup::Cgroups;
+pub use cgroup::{Containment, MIN_MEMORY_LIMIT};
+use chores::Chores;
 use controller::{Environment, ExecutorCgroups};
 pub use controller::{ProcessController, StartFailure};
 pub use logs::MISSED_BYTES;
+use owner::Owner;
 use supervisor::Supervisor;
+use task_files::StateDir;
 
 use crate::api::{EncryptionKey, Node, NodeDescription, Platform, Resources, Runtime, Task};
 use crate::executor::DependencyStore;
@@ -151,64 +156,172 @@ pub struct ProcessExecutor {
     log_capacity: usize,
 }
 
-impl ProcessExecutor {
-    /// An executor keeping its tasks' directories under `state_dir`, which is
-    /// created if missing with mode 0711: a task running as another user may pass
-    /// through to its own directory (mode 0700, owned by that user) but not list the
-    /// others. The reaper thread starts with the first program.
-    pub fn new(state_dir: impl Into<PathBuf>) -> Result<ProcessExecutor, Error> {
-        let state_dir = state_dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&state_dir)
-            .map_err(|e| Error::other(format!("state directory {}: {e}", state_dir.display())))?;
-        controller::remove_dead_owners_files(&state_dir);
-        let owner = Owner::new();
-        let env = Environment {
-            supervisor: Supervisor::new(),
-            watchdog: OnceLock::new(),
-            cgroups: ExecutorCgroups(Cgroups::new(&owner, None)),
-            owner,
-            state_dir,
-            dependencies: Arc::new(DependencyStore::new()),
-        };
-        env.make_cgroups_ahead();
-        Ok(ProcessExecutor {
-            env: Arc::new(env),
-            node_id: Mutex::new(String::new()),
-            log_capacity: DEFAULT_LOG_CAPACITY,
-        })
-    }
+/// Where an executor's tasks get their cgroups.
+#[derive(Clone, Debug, Default)]
+enum CgroupChoice {
+    #[default]
+    Default,
+    Parent(PathBuf),
+    None,
+}
 
+/// Sets up a [`ProcessExecutor`], in the manner of [`std::thread::Builder`]:
+/// nothing is touched (no directory made, no cgroup scanned, no thread started)
+/// until [`build`](ProcessExecutorBuilder::build), when every option is known.
+///
+/// ```
+/// use swarmexec::process::ProcessExecutor;
+///
+/// let executor = ProcessExecutor::builder(std::env::temp_dir().join("swarmexec-builder-doc"))
+///     .without_cgroups()
+///     .log_capacity(64 << 10)
+///     .build()?;
+/// assert_eq!(executor.containment().method, "process group");
+/// # Ok::<(), swarmexec::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until it is built"]
+pub struct ProcessExecutorBuilder {
+    state_dir: PathBuf,
+    cgroups: CgroupChoice,
+    log_capacity: usize,
+}
+
+impl ProcessExecutorBuilder {
     /// Puts the executor's cgroups under `parent`, a path relative to the root of
-    /// each cgroup hierarchy (like `docker run --cgroup-parent`), instead of the
-    /// default (see the [module docs](self)). Call it before making controllers:
-    /// afterwards it changes nothing (and says so in the log).
-    pub fn with_cgroup_parent(self, parent: impl AsRef<Path>) -> Self {
-        self.with_cgroups(|owner| Cgroups::new(owner, Some(parent.as_ref())))
+    /// each cgroup hierarchy (like `docker run --cgroup-parent`, or a unit's
+    /// `Delegate=` cgroup), instead of the default (see the [module docs](self)).
+    /// The parent stays the caller's: the executor removes only the cgroups it
+    /// made in it (and the parent itself only if it made that too).
+    pub fn cgroup_parent(mut self, parent: impl Into<PathBuf>) -> Self {
+        self.cgroups = CgroupChoice::Parent(parent.into());
+        self
     }
 
     /// Uses no cgroups: each task is held together by its process group only (a
-    /// descendant that leaves it escapes), and a task with limits is rejected. Call
-    /// it before making controllers.
-    pub fn without_cgroups(self) -> Self {
-        self.with_cgroups(|_| Cgroups::none())
+    /// descendant that leaves it escapes), and a task with limits is rejected.
+    pub fn without_cgroups(mut self) -> Self {
+        self.cgroups = CgroupChoice::None;
+        self
     }
 
-    fn with_cgroups(mut self, make: impl FnOnce(&Owner) -> Cgroups) -> Self {
-        match Arc::get_mut(&mut self.env) {
-            // The executor's cgroups made so far go when replaced.
-            Some(env) => {
-                env.cgroups = ExecutorCgroups(make(&env.owner));
-                env.make_cgroups_ahead();
-            }
-            None => log::warn!(
-                target: "swarmexec",
-                "cgroups are chosen before controllers are made; left as they were"
-            ),
-        }
+    /// How many bytes of output each task keeps (its newest lines); by default
+    /// [`DEFAULT_LOG_CAPACITY`].
+    pub fn log_capacity(mut self, bytes: usize) -> Self {
+        self.log_capacity = bytes;
         self
+    }
+
+    /// Makes the executor.
+    ///
+    /// Fails, saying why, when this process's children would not stay its own to
+    /// reap (SIGCHLD ignored, or `SA_NOCLDWAIT`: the kernel would reap tasks
+    /// itself, their exit statuses lost and their pids free for reuse), or the
+    /// state directory cannot be made or is not safe (a link, another user's, or
+    /// writable by others). A state directory on disk is used, with a warning
+    /// logged once: secrets written there reach the disk.
+    pub fn build(self) -> Result<ProcessExecutor, Error> {
+        if let Some(why) = sys::children_auto_reaped()
+            .map_err(|e| Error::other(format!("cannot read SIGCHLD's disposition: {e}")))?
+        {
+            return Err(Error::other(format!(
+                "cannot supervise processes: {why} in this process, so the kernel reaps \
+                 children itself; their exit statuses would be lost and their pids reused \
+                 while swarmexec still signals them"
+            )));
+        }
+        let state = StateDir::open(&self.state_dir)?;
+        if !state.in_memory() {
+            warn_on_disk(state.path());
+        }
+        let owner = Owner::new();
+        let claim = state.claim(&owner)?;
+        let cgroups = match &self.cgroups {
+            CgroupChoice::Default => Cgroups::new(&owner, None),
+            CgroupChoice::Parent(parent) => Cgroups::new(&owner, Some(parent)),
+            CgroupChoice::None => Cgroups::none(),
+        };
+        let chores = Chores::new();
+        let env = Environment {
+            supervisor: Supervisor::new(chores.clone()),
+            chores,
+            watchdog: OnceLock::new(),
+            cgroups: ExecutorCgroups(cgroups),
+            owner,
+            state,
+            _claim: claim,
+            dependencies: Arc::new(DependencyStore::new()),
+        };
+        env.start_chores()?;
+        Ok(ProcessExecutor {
+            env: Arc::new(env),
+            node_id: Mutex::new(String::new()),
+            log_capacity: self.log_capacity,
+        })
+    }
+}
+
+/// Says, once per process, that secrets will reach a disk.
+fn warn_on_disk(state_dir: &Path) {
+    static WARNED: Once = Once::new();
+    WARNED.call_once(|| {
+        log::warn!(
+            target: "swarmexec",
+            "state directory {} is not memory-backed (tmpfs or ramfs): task secrets written \
+             there reach the disk",
+            state_dir.display()
+        )
+    });
+}
+
+/// The state directory to use when none is given: `/run/swarmexec` for root and
+/// `$XDG_RUNTIME_DIR/swarmexec` for other users, where that is memory-backed (a
+/// tmpfs or ramfs, so that secrets stay off disk), else `/dev/shm/swarmexec`
+/// (`/dev/shm/swarmexec-<uid>` for other users) where that is, else the first
+/// (an executor on it warns that secrets reach the disk).
+pub fn default_state_dir() -> PathBuf {
+    let uid = sys::effective_uid();
+    let mut candidates = Vec::new();
+    if uid == 0 {
+        candidates.push(PathBuf::from("/run/swarmexec"));
+        candidates.push(PathBuf::from("/dev/shm/swarmexec"));
+    } else {
+        if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            candidates.push(PathBuf::from(runtime).join("swarmexec"));
+        }
+        candidates.push(PathBuf::from(format!("/dev/shm/swarmexec-{uid}")));
+    }
+    let in_memory = |dir: &PathBuf| task_files::in_memory(dir);
+    candidates
+        .iter()
+        .find(|dir| in_memory(dir))
+        .unwrap_or(&candidates[0])
+        .clone()
+}
+
+impl ProcessExecutor {
+    /// An executor with every default, keeping its tasks' directories under
+    /// `state_dir`: [`ProcessExecutor::builder`]`(state_dir).build()`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<ProcessExecutor, Error> {
+        ProcessExecutor::builder(state_dir).build()
+    }
+
+    /// A builder for an executor keeping its tasks' directories under
+    /// `state_dir`, which is made if missing with mode 0711 (a task running as
+    /// another user may pass through to its own directory, mode 0700 and owned by
+    /// that user, but not list the others).
+    pub fn builder(state_dir: impl Into<PathBuf>) -> ProcessExecutorBuilder {
+        ProcessExecutorBuilder {
+            state_dir: state_dir.into(),
+            cgroups: CgroupChoice::Default,
+            log_capacity: DEFAULT_LOG_CAPACITY,
+        }
+    }
+
+    /// True when the state directory is memory-backed (tmpfs or ramfs), so that
+    /// the secrets written there stay off disk.
+    pub fn state_dir_in_memory(&self) -> bool {
+        self.env.state.in_memory()
     }
 
     /// Which containment and which limits this host supports for the executor's
@@ -226,7 +339,7 @@ impl ProcessExecutor {
 
     /// The directory holding the tasks' directories.
     pub fn state_dir(&self) -> &Path {
-        &self.env.state_dir
+        self.env.state.path()
     }
 
     /// The executor's secrets and configs.
@@ -251,7 +364,7 @@ impl ProcessExecutor {
 impl std::fmt::Debug for ProcessExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessExecutor")
-            .field("state_dir", &self.env.state_dir)
+            .field("state_dir", &self.env.state.path())
             .field("log_capacity", &self.log_capacity)
             .finish_non_exhaustive()
     }

@@ -49,9 +49,9 @@ fn invalid(problem: impl Into<String>) -> Error {
 /// The longest file name Linux file systems take (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 
-/// What a task directory's name adds to the task id: a dot, the owner (pid, start
-/// time and executor number, dash-separated), a dot and a counter.
-const TASK_DIR_SUFFIX_MAX: usize = 1 + (10 + 1 + 20 + 1 + 20) + 1 + 20;
+/// What a task directory's name adds to the task id: a dot, the owner (16 hex
+/// digits), a dot and a counter.
+const TASK_DIR_SUFFIX_MAX: usize = 1 + 16 + 1 + 20;
 
 /// Checks that `name` can be a single file or directory name inside ours.
 pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), Error> {
@@ -161,6 +161,8 @@ pub(crate) fn launch(
         }
     }
     check_references(spec)?;
+    let stop_grace = spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
+    crate::time::check("stop grace period", stop_grace)?;
     let health = match &spec.healthcheck {
         Some(check) => Some(Arc::new(health_plan(check, path, dir.as_deref())?)),
         None => None,
@@ -172,7 +174,7 @@ pub(crate) fn launch(
         dir,
         credentials: credentials(spec.user.as_deref(), spec.group.as_deref())?,
         stop_signal,
-        stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
+        stop_grace,
         rlimits: spec.rlimits.clone(),
         limits: Limits::default(),
         stdin: spec.stdin.clone(),
@@ -214,9 +216,11 @@ fn health_plan(check: &HealthCheck, path: &str, dir: Option<&Path>) -> Result<He
         Some(d) if d.is_zero() => Err(invalid(format!(
             "the health check's {name} must be above zero"
         ))),
-        Some(d) => Ok(d),
+        Some(d) => crate::time::check(&format!("the health check's {name}"), d).map(|()| d),
         None => Ok(default),
     };
+    let start_period = check.start_period.unwrap_or(Duration::ZERO);
+    crate::time::check("the health check's start period", start_period)?;
     let retries = match check.retries {
         Some(0) => return Err(invalid("the health check's retries must be at least 1")),
         Some(n) => n,
@@ -227,7 +231,7 @@ fn health_plan(check: &HealthCheck, path: &str, dir: Option<&Path>) -> Result<He
         argv,
         interval: duration("interval", check.interval, HEALTH_INTERVAL)?,
         timeout: duration("timeout", check.timeout, HEALTH_TIMEOUT)?,
-        start_period: check.start_period.unwrap_or(Duration::ZERO),
+        start_period,
         start_interval: duration(
             "start interval",
             check.start_interval,

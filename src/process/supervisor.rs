@@ -25,9 +25,15 @@
 //! without pidfds (before 5.3) exits are found by asking every few milliseconds, with
 //! the same locking. The library installs no SIGCHLD handler and only ever waits for
 //! the pids it spawned, so a host program's own children are left to it.
+//!
+//! The reaper only spawns, reaps, drains pipes and wakes waiters: anything that
+//! may block (removing a cgroup, freezing one to kill it) and every observer's
+//! callback is handed to the executor's chores thread (see the `chores` module), so
+//! that a slow cgroup never delays a spawn or a wake-up. Commands reach it through
+//! a channel and an eventfd, whose writes never block.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -38,8 +44,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::cgroup::TaskCgroup;
+use super::chores::Chores;
 use super::logs::LogBuffer;
-use super::sys::{self, CgroupJoin, SpawnError, SpawnPlan};
+use super::sys::{self, CgroupJoin, EventFd, SpawnError, SpawnPlan};
 use crate::api::{LogStream, ResourceUsage};
 use crate::{CancelToken, Error};
 
@@ -156,17 +163,27 @@ impl Process {
         kill_group(self.pid, libc::SIGKILL)
     }
 
-    /// Once the leader has exited: kills what is left of the task. Returns true
-    /// when nothing is left, so that it can be reaped.
-    fn kill_rest(&self) -> bool {
+    /// Once the leader has exited: kills what is left of the task, at once where
+    /// that is one write, else as a chore. Returns true when nothing is left, so
+    /// that it can be reaped.
+    fn kill_rest(self: &Arc<Self>, chores: &Chores) -> bool {
         // Often nothing is left: the group's members are in the cgroup too.
         if self.cgroup.as_ref().is_some_and(TaskCgroup::is_empty) {
             return true;
         }
+        if self.cgroup.as_ref().is_some_and(|c| !c.kills_at_once()) {
+            let process = Arc::clone(self);
+            chores.run(move || process.kill_logged());
+            return false;
+        }
+        self.kill_logged();
+        self.is_empty()
+    }
+
+    fn kill_logged(&self) {
         if let Err(e) = self.kill_all() {
             log::warn!(target: "swarmexec", "cannot kill the rest of task process {}: {e}", self.pid);
         }
-        self.cgroup.as_ref().is_none_or(TaskCgroup::is_empty)
     }
 
     /// True once nothing of the task is left but the leader's zombie.
@@ -174,10 +191,10 @@ impl Process {
         self.cgroup.as_ref().is_none_or(TaskCgroup::is_empty)
     }
 
-    /// Reaps the leader, after reading what the task used and removing its
-    /// cgroups; called once it has exited and the rest is gone. Returns false when
-    /// it was reaped already.
-    fn reap(&self) -> bool {
+    /// Reaps the leader, after reading what the task used; called once it has
+    /// exited and the rest is gone. Its cgroups are removed as a chore, and its
+    /// observer told there. Returns false when it was reaped already.
+    fn reap(self: &Arc<Self>, chores: &Chores) -> bool {
         let mut reaped = self.reaped.lock();
         if reaped.is_some() {
             return false;
@@ -189,7 +206,7 @@ impl Process {
         let (mut usage, out_of_memory) = match &self.cgroup {
             Some(cgroup) => {
                 let ended = (cgroup.totals(), cgroup.oom_kills() > 0);
-                cgroup.remove();
+                chores.run(cgroup.removal());
                 ended
             }
             None => (ResourceUsage::default(), false),
@@ -203,7 +220,11 @@ impl Process {
                 Some(status)
             }
             Err(e) => {
-                log::warn!(target: "swarmexec", "exit status of process {} lost: {e}", self.pid);
+                log::warn!(
+                    target: "swarmexec",
+                    "exit status of process {} lost (reaped outside swarmexec): {e}",
+                    self.pid
+                );
                 None
             }
         };
@@ -216,7 +237,8 @@ impl Process {
         drop(reaped);
         self.exited_tx.lock().take();
         if let Some(observer) = &self.observer {
-            observer.ended(self);
+            let (observer, process) = (Arc::clone(observer), Arc::clone(self));
+            chores.run(move || observer.ended(&process));
         }
         true
     }
@@ -231,7 +253,9 @@ impl Process {
         if let Some(exit) = self.exit() {
             return Ok(Some(exit));
         }
-        let timer = timeout.map_or_else(crossbeam_channel::never, crossbeam_channel::after);
+        let timer = timeout.map_or_else(crossbeam_channel::never, |timeout| {
+            crossbeam_channel::at(crate::time::after(timeout))
+        });
         select! {
             recv(self.exited_rx) -> _ => Ok(self.exit()),
             recv(cancel.done()) -> _ => Err(cancel.err().unwrap_or(Error::Canceled)),
@@ -263,8 +287,6 @@ enum Command {
     /// Spawn a program, without waiting, once the time given has come (see
     /// [`Supervisor::spawn_at`]).
     SpawnAt(Instant, Box<SpawnRequest>),
-    /// Run a chore of the executor's on the reaper thread.
-    Run(Box<dyn FnOnce() + Send>),
     /// Stop reading the process's pipes: held open by a grandchild that escaped the
     /// group, they could otherwise stay with the reaper for good.
     Forget(Arc<Process>),
@@ -280,13 +302,14 @@ struct SpawnRequest {
 
 /// Who hears how a spawn went.
 enum Reply {
-    /// A caller waiting for the process.
-    Waiting(Sender<Result<Arc<Process>, SpawnError>>),
-    /// A caller that did not wait (a health probe): told on the reaper thread.
+    /// A caller waiting for the process, until its token is done: then the spawn
+    /// is dropped, or the process killed.
+    Waiting(Sender<Result<Arc<Process>, SpawnError>>, CancelToken),
+    /// A caller that did not wait (a health probe): told on the chores thread.
     Observer(Arc<dyn Observer>),
 }
 
-/// Hears, on the reaper thread (so: quickly), how a process started without
+/// Hears, on the executor's chores thread, how a process started without
 /// waiting for it fares.
 pub(crate) trait Observer: Send + Sync {
     /// It started.
@@ -301,23 +324,26 @@ pub(crate) trait Observer: Send + Sync {
 /// dropped.
 pub(crate) struct Supervisor {
     exit_watch: ExitWatch,
+    chores: Chores,
     reaper: Mutex<Option<ReaperHandle>>,
 }
 
 struct ReaperHandle {
     commands: Sender<Command>,
-    waker: io::PipeWriter,
+    waker: Arc<EventFd>,
     thread: JoinHandle<()>,
 }
 
 impl Supervisor {
-    pub(crate) fn new() -> Self {
-        Supervisor::with_exit_watch(ExitWatch::Pidfd)
+    /// A supervisor handing its slow work to `chores`.
+    pub(crate) fn new(chores: Chores) -> Self {
+        Supervisor::with_exit_watch(ExitWatch::Pidfd, chores)
     }
 
-    fn with_exit_watch(exit_watch: ExitWatch) -> Self {
+    fn with_exit_watch(exit_watch: ExitWatch, chores: Chores) -> Self {
         Supervisor {
             exit_watch,
+            chores,
             reaper: Mutex::new(None),
         }
     }
@@ -329,15 +355,20 @@ impl Supervisor {
         if reaper.is_some() {
             return Ok(());
         }
-        let (wake_rx, wake_tx) = io::pipe()?;
+        let waker = Arc::new(EventFd::new()?);
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let exit_watch = self.exit_watch;
+        let reaper_of = Reaper::new(
+            commands_rx,
+            Arc::clone(&waker),
+            self.exit_watch,
+            self.chores.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("swarmexec-reap".into())
-            .spawn(move || Reaper::new(commands_rx, wake_rx, exit_watch).run())?;
+            .spawn(move || reaper_of.run())?;
         *reaper = Some(ReaperHandle {
             commands: commands_tx,
-            waker: wake_tx,
+            waker,
             thread,
         });
         Ok(())
@@ -349,20 +380,23 @@ impl Supervisor {
     /// The spawn happens on the reaper thread, which lives as long as the executor
     /// or any of its controllers: a program asked to die with its parent
     /// (`PR_SET_PDEATHSIG`) is signalled when the *thread* that spawned it exits, so
-    /// it must not be a pool thread that may exit when idle. Fails when the reaper
-    /// thread cannot be started or the spawn fails.
+    /// it must not be a pool thread that may exit when idle. The inner result is
+    /// the spawn's: it fails when the reaper thread cannot be started or the spawn
+    /// fails. The outer error is `cancel`'s: the caller waits only as long as its
+    /// token allows, and a spawn it gave up on is dropped (or its process killed).
     pub(crate) fn spawn(
         &self,
+        cancel: &CancelToken,
         plan: SpawnPlan,
         pipes: Pipes,
         log_capacity: usize,
         cgroup: Option<TaskCgroup>,
-    ) -> Result<Arc<Process>, SpawnError> {
+    ) -> Result<Result<Arc<Process>, SpawnError>, Error> {
         if let Err(e) = self.ensure_running() {
             if let Some(cgroup) = &cgroup {
-                cgroup.remove();
+                self.chores.run(cgroup.removal());
             }
-            return Err(SpawnError::setup(e));
+            return Ok(Err(SpawnError::setup(e)));
         }
         let (reply, replied) = crossbeam_channel::bounded(1);
         let request = SpawnRequest {
@@ -370,13 +404,17 @@ impl Supervisor {
             pipes,
             log_capacity,
             cgroup,
-            reply: Reply::Waiting(reply),
+            reply: Reply::Waiting(reply, cancel.clone()),
         };
         self.send(Command::Spawn(Box::new(request)));
-        replied.recv().unwrap_or_else(|_| {
-            let stopped = io::Error::other("the reaper thread has stopped");
-            Err(SpawnError::setup(stopped))
-        })
+        select! {
+            recv(replied) -> spawned => Ok(spawned.unwrap_or_else(|_| {
+                let stopped = io::Error::other("the reaper thread has stopped");
+                Err(SpawnError::setup(stopped))
+            })),
+            recv(cancel.done()) -> _ => Err(cancel.err().unwrap_or(Error::Canceled)),
+            recv(cancel.deadline_passed()) -> _ => Err(Error::DeadlineExceeded),
+        }
     }
 
     /// Starts, on the reaper thread, the program `plan` describes without waiting
@@ -428,15 +466,6 @@ impl Supervisor {
         });
     }
 
-    /// Runs `chore` on the reaper thread, soon, so that the caller need not wait
-    /// for it: for work that whoever needs its result would otherwise do (or wait
-    /// for) itself. Nothing runs when the reaper cannot start.
-    pub(crate) fn run_ahead(&self, chore: impl FnOnce() + Send + 'static) {
-        if self.ensure_running().is_ok() {
-            self.send(Command::Run(Box::new(chore)));
-        }
-    }
-
     /// Tells the reaper to drop the process's pipes.
     pub(crate) fn forget(&self, process: Arc<Process>) {
         self.send(Command::Forget(process));
@@ -447,8 +476,7 @@ impl Supervisor {
         if let Some(reaper) = reaper.as_mut() {
             // The reaper runs until the sender is dropped, so this succeeds.
             let _ = reaper.commands.send(command);
-            // A full pipe already holds a wake-up, so a failed write loses nothing.
-            let _ = reaper.waker.write(&[1]);
+            reaper.waker.wake();
         }
     }
 }
@@ -460,11 +488,11 @@ impl Supervisor {
     pub(crate) fn stop(&self) -> Option<Stopping> {
         let ReaperHandle {
             commands,
-            mut waker,
+            waker,
             thread,
         } = self.reaper.lock().take()?;
         drop(commands);
-        let _ = waker.write(&[1]);
+        waker.wake();
         Some(Stopping(thread))
     }
 }
@@ -524,8 +552,9 @@ enum ExitWatch {
 
 struct Reaper {
     commands: Receiver<Command>,
-    wake: io::PipeReader,
+    wake: Arc<EventFd>,
     exit_watch: ExitWatch,
+    chores: Chores,
     watched: Vec<Watched>,
     /// Spawns waiting for their time, in no order (there are few).
     pending: Vec<(Instant, SpawnRequest)>,
@@ -543,11 +572,17 @@ enum Source {
 }
 
 impl Reaper {
-    fn new(commands: Receiver<Command>, wake: io::PipeReader, exit_watch: ExitWatch) -> Self {
+    fn new(
+        commands: Receiver<Command>,
+        wake: Arc<EventFd>,
+        exit_watch: ExitWatch,
+        chores: Chores,
+    ) -> Self {
         Reaper {
             commands,
             wake,
             exit_watch,
+            chores,
             watched: Vec::new(),
             pending: Vec::new(),
             buf: Vec::new(),
@@ -560,7 +595,7 @@ impl Reaper {
         loop {
             fds.clear();
             sources.clear();
-            fds.push(sys::readable(&self.wake));
+            fds.push(sys::readable(&*self.wake));
             sources.push(Source::Wake);
             let mut asking = false;
             let mut emptying = false;
@@ -630,13 +665,12 @@ impl Reaper {
 
     /// Applies queued commands; false once every sender is gone.
     fn take_commands(&mut self) -> bool {
-        // Each command came with a byte: one read takes the wake-ups of many.
-        let _ = self.wake.read(&mut [0; 512]);
+        // One read takes the wake-ups of every command sent so far.
+        self.wake.clear();
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Spawn(request)) => self.spawn(*request),
                 Ok(Command::SpawnAt(at, request)) => self.pending.push((at, *request)),
-                Ok(Command::Run(chore)) => chore(),
                 Ok(Command::Forget(process)) => {
                     for w in self
                         .watched
@@ -664,15 +698,22 @@ impl Reaper {
             cgroup,
             reply,
         } = request;
-        let spawned = sys::spawn(&plan);
+        let spawned = match &reply {
+            // The caller gave up: nobody would own the program.
+            Reply::Waiting(_, cancel) if cancel.is_cancelled() => Err(SpawnError::setup(
+                io::Error::from(io::ErrorKind::Interrupted),
+            )),
+            _ => sys::spawn(&plan),
+        };
+        drop(plan);
         if spawned.is_err() {
             if let Some(cgroup) = &cgroup {
-                cgroup.remove();
+                self.chores.run(cgroup.removal());
             }
         }
         let observer = match &reply {
             Reply::Observer(observer) => Some(Arc::clone(observer)),
-            Reply::Waiting(_) => None,
+            Reply::Waiting(..) => None,
         };
         let spawned = spawned.map(|pid| {
             let mut process = Process::new(pid, log_capacity, cgroup);
@@ -682,11 +723,19 @@ impl Reaper {
             process
         });
         match (reply, spawned) {
-            // The caller waits for the answer; it can only have gone if it
-            // panicked, and then the process is watched and killed as usual.
-            (Reply::Waiting(reply), spawned) => drop(reply.send(spawned)),
-            (Reply::Observer(observer), Ok(process)) => observer.spawned(&process),
-            (Reply::Observer(observer), Err(e)) => observer.failed(e),
+            (Reply::Waiting(reply, _), spawned) => {
+                // A caller that gave up meanwhile owns nothing: the program is
+                // killed, and reaped as any other.
+                if let Err(unwanted) = reply.send(spawned) {
+                    if let Ok(process) = unwanted.into_inner() {
+                        process.kill_logged();
+                    }
+                }
+            }
+            (Reply::Observer(observer), Ok(process)) => {
+                self.chores.run(move || observer.spawned(&process));
+            }
+            (Reply::Observer(observer), Err(e)) => self.chores.run(move || observer.failed(e)),
         }
     }
 
@@ -762,9 +811,9 @@ impl Reaper {
         self.drain(i);
         let w = &mut self.watched[i];
         w.process.logs.finish();
-        if w.process.kill_rest() {
+        if w.process.kill_rest(&self.chores) {
             w.reaped = true;
-            w.process.reap();
+            w.process.reap(&self.chores);
         }
     }
 
@@ -784,7 +833,7 @@ impl Reaper {
                 );
             }
             w.reaped = true;
-            w.process.reap();
+            w.process.reap(&self.chores);
         }
     }
 
@@ -849,7 +898,7 @@ impl Reaper {
                 if let Some(cgroup) = &w.process.cgroup {
                     cgroup.wait_empty(Duration::from_secs(2));
                 }
-                w.process.reap();
+                w.process.reap(&self.chores);
             }
         }
         self.watched.clear();
@@ -886,7 +935,11 @@ mod tests {
             stdout: Some(stdout.into()),
             stderr: Some(stderr.into()),
         };
-        supervisor.spawn(plan, pipes, 1 << 16, None).unwrap()
+        let cancel = CancelToken::new();
+        supervisor
+            .spawn(&cancel, plan, pipes, 1 << 16, None)
+            .unwrap()
+            .unwrap()
     }
 
     fn code(exit: Option<Exit>) -> Option<i32> {
@@ -895,7 +948,7 @@ mod tests {
 
     #[test]
     fn without_pidfds_exits_are_found_by_asking() {
-        let supervisor = Supervisor::with_exit_watch(ExitWatch::Asking);
+        let supervisor = Supervisor::with_exit_watch(ExitWatch::Asking, Chores::new());
         let cancel = CancelToken::new();
         let quick = spawn("echo out; exit 4", &supervisor);
         assert_eq!(code(quick.wait_exit(&cancel, None).unwrap()), Some(4));
@@ -937,7 +990,7 @@ mod tests {
         let null = || OwnedFd::from(File::create("/dev/null").unwrap());
         let (started, starts) = crossbeam_channel::unbounded();
         let observer = Arc::new(Started(started));
-        let supervisor = Supervisor::new();
+        let supervisor = Supervisor::new(Chores::new());
         let at = Instant::now() + Duration::from_millis(100);
         supervisor.spawn_at(at, plan("exit 0", null(), null()), observer.clone());
         let spawned = starts.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -49,6 +49,18 @@ pub fn assert_empty(dir: &Path, what: &str) {
     assert!(left.is_empty(), "{what}: {left:?}");
 }
 
+/// Fails the test, saying `what`, unless the state directory `state` holds no
+/// task directory: nothing but `owners`, where live executors keep their locks.
+pub fn assert_no_task_dirs(state: &Path, what: &str) {
+    let left: Vec<_> = fs::read_dir(state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "owners")
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{what}: {left:?}");
+}
+
 /// The pid of a started task's program, from its container status.
 pub fn pid_of(controller: &dyn Controller) -> i32 {
     let statuser = controller.as_container_statuser().unwrap();

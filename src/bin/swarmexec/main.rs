@@ -45,10 +45,12 @@ fn main() -> ExitCode {
 
 /// Prints the node description and what this host enforces.
 fn describe() -> ExitCode {
-    let state_dir = run::default_state_dir();
-    let described = ProcessExecutor::new(&state_dir)
-        .and_then(|e| Ok((e.describe(&CancelToken::new())?, e.containment())));
-    let (node, containment) = match described {
+    let state_dir = swarmexec::process::default_state_dir();
+    let described = ProcessExecutor::new(&state_dir).and_then(|e| {
+        let node = e.describe(&CancelToken::new())?;
+        Ok((node, e.containment(), e.state_dir_in_memory()))
+    });
+    let (node, containment, in_memory) = match described {
         Ok(described) => described,
         Err(e) => return fail(&e),
     };
@@ -72,6 +74,12 @@ fn describe() -> ExitCode {
         limits.join(", ")
     };
     println!("limits: {limits}");
+    let kept = if in_memory {
+        "memory-backed: secrets stay off disk"
+    } else {
+        "on disk: secrets written there reach the disk"
+    };
+    println!("state directory: {} ({kept})", state_dir.display());
     // Each executor's cgroups are its own, under one parent per hierarchy.
     for parent in containment.cgroups.iter().filter_map(|c| c.parent()) {
         println!("cgroups under: {}", parent.display());

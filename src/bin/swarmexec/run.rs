@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use swarmexec::agent::{StatusReporter, TaskManager};
 use swarmexec::api::*;
-use swarmexec::process::{login_environment, ProcessController, ProcessExecutor, StartFailure};
+use swarmexec::process::{
+    default_state_dir, login_environment, ProcessController, ProcessExecutor, StartFailure,
+};
 use swarmexec::{do_task, CancelToken, ConfigsProvider, Controller, Error, SecretsProvider};
 
 use crate::args::RunOptions;
@@ -24,21 +26,6 @@ const HEALTH_POLL: Duration = Duration::from_millis(50);
 /// How long the command waits for a started program itself before it hands it to
 /// a task manager (and takes signals): a program done by then needs neither.
 const QUICK: Duration = Duration::from_millis(5);
-
-/// Where runs keep their task files unless told: memory-backed where the host has
-/// such a place, so that secrets stay off disk, and the same for every run of a
-/// user, so that a run cleans up after one that was killed.
-pub(crate) fn default_state_dir() -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-    if uid == 0 {
-        return PathBuf::from("/run/swarmexec");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(runtime) if !runtime.is_empty() => PathBuf::from(runtime).join("swarmexec"),
-        _ => std::env::temp_dir().join(format!("swarmexec-{uid}")),
-    }
-}
 
 pub(crate) fn run(options: RunOptions) -> ExitCode {
     // Before any thread allocates.

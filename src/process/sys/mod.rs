@@ -15,6 +15,7 @@ use std::process::ExitStatus;
 use crate::api::{Rlimit, RlimitResource};
 
 mod clone;
+pub(crate) mod fs;
 mod spawn;
 
 pub(crate) use spawn::{pipe, spawn, CgroupJoin, SpawnError, SpawnPlan, SpawnStep, Tie};
@@ -26,6 +27,66 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// A wake-up that never blocks its sender: an eventfd, whose count only grows
+/// until read (a full count is already a wake-up).
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes an initial count and flags, and returns a new
+        // descriptor or -1.
+        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }.into())?;
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+    }
+
+    /// Makes it readable. Never blocks: a count that cannot grow (`EAGAIN`) is
+    /// readable already.
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the eight bytes of a live u64.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Takes every wake-up so far.
+    pub(crate) fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads eight bytes into a live u64; EAGAIN when there were none.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> libc::c_int {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Why this process's children would not stay ours to reap, if they would not:
+/// SIGCHLD ignored or `SA_NOCLDWAIT` set, so that the kernel reaps them itself
+/// and their pids may be reused while we still think them ours.
+pub(crate) fn children_auto_reaped() -> io::Result<Option<&'static str>> {
+    // SAFETY: sigaction is plain data for which all-zero bytes are valid.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `action`.
+    check(unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut action) }.into())?;
+    Ok(if action.sa_sigaction == libc::SIG_IGN {
+        Some("SIGCHLD is ignored (SIG_IGN)")
+    } else if action.sa_flags & libc::SA_NOCLDWAIT != 0 {
+        Some("SIGCHLD has SA_NOCLDWAIT set")
+    } else {
+        None
+    })
+}
+
+/// How many CPUs are online.
+pub(crate) fn online_cpus() -> i64 {
+    // SAFETY: sysconf takes a name and touches no memory of ours.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    i64::from(cpus.max(1) as i32)
 }
 
 /// A pollable descriptor for our child `pid`, readable once it has exited.
@@ -230,7 +291,13 @@ fn lookup<K: Copy, E, T>(
     }
 }
 
-fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
+/// The type `setrlimit` takes a resource as: the C libraries differ.
+#[cfg(target_env = "gnu")]
+pub(super) type ResourceId = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub(super) type ResourceId = libc::c_int;
+
+fn resource_id(resource: RlimitResource) -> ResourceId {
     match resource {
         RlimitResource::AddressSpace => libc::RLIMIT_AS,
         RlimitResource::Core => libc::RLIMIT_CORE,
@@ -244,11 +311,13 @@ fn resource_id(resource: RlimitResource) -> libc::__rlimit_resource_t {
     }
 }
 
-/// The resource number and limits of `limit`, as `setrlimit` takes them.
-fn rlimit_of(limit: &Rlimit) -> (libc::__rlimit_resource_t, libc::rlimit) {
+/// The resource number and limits of `limit`, as `setrlimit` takes them; a
+/// value beyond what `rlim_t` holds (32 bits on some targets) is no limit.
+fn rlimit_of(limit: &Rlimit) -> (ResourceId, libc::rlimit) {
+    let value = |v: u64| libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY);
     let value = libc::rlimit {
-        rlim_cur: limit.soft,
-        rlim_max: limit.hard,
+        rlim_cur: value(limit.soft),
+        rlim_max: value(limit.hard),
     };
     (resource_id(limit.resource), value)
 }

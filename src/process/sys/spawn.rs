@@ -20,7 +20,6 @@
 use std::ffi::{c_void, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::clone::{clone_into_cgroup, clone_vfork, IntoCgroup, Stack};
 use super::{check, rlimit_of};
@@ -67,9 +66,6 @@ pub(crate) struct CgroupJoin {
     pub(crate) procs: Vec<OwnedFd>,
 }
 
-/// False once `clone3` with `CLONE_INTO_CGROUP` was found missing: it stays so.
-static CLONE_INTO_CGROUP_WORKS: AtomicBool = AtomicBool::new(true);
-
 /// What the child reads: raw pointers into memory the parent keeps alive and
 /// untouched until the child has called `exec` or exited.
 #[derive(Clone, Copy)]
@@ -79,7 +75,7 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     dir: *const libc::c_char,
     credentials: Option<(u32, u32)>,
-    rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
+    rlimits: *const (super::ResourceId, libc::rlimit),
     rlimit_count: usize,
     stdio: [RawFd; 3],
     cgroups: *const RawFd,
@@ -144,12 +140,12 @@ impl SpawnError {
 pub(crate) fn spawn(plan: &SpawnPlan) -> Result<libc::pid_t, SpawnError> {
     let v1: Vec<RawFd> = plan.cgroups.procs.iter().map(AsRawFd::as_raw_fd).collect();
     let into = plan.cgroups.v2.as_ref().map(AsFd::as_fd);
-    if let Some(dir) = into.filter(|_| CLONE_INTO_CGROUP_WORKS.load(Ordering::Relaxed)) {
+    // Tried every time, never given up on: a refusal may be passing (a seccomp
+    // policy, a cgroup being changed), and a failed try costs one system call.
+    if let Some(dir) = into {
         if let Some(pid) = launch(plan, Some(dir), &v1)? {
             return Ok(pid);
         }
-        CLONE_INTO_CGROUP_WORKS.store(false, Ordering::Relaxed);
-        log::debug!(target: "swarmexec", "no clone3 into a cgroup here: programs join their cgroup by writing");
     }
     let v2_procs = into
         .map(open_procs)
