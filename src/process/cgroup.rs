@@ -492,8 +492,15 @@ pub const MIN_MEMORY_LIMIT: i64 = 6 << 20;
 /// The smallest CPU limit, as Docker has it: a hundredth of a CPU.
 const MIN_NANO_CPUS: i64 = 10_000_000;
 
+/// The most a `pids.max` takes: the kernel's `PID_MAX_LIMIT`.
+const PIDS_MAX: i64 = if cfg!(target_pointer_width = "64") {
+    4 << 20
+} else {
+    32 << 10
+};
+
 /// Refuses negative limits, memory under [`MIN_MEMORY_LIMIT`], more processes
-/// than the kernel's `pid_max` and more CPUs than the host has, with the allowed
+/// than the kernel can have and more CPUs than the host has, with the allowed
 /// range.
 fn check_ranges(limits: &Limits) -> Result<(), Error> {
     let invalid = |problem: String| Err(Error::InvalidSpec(problem));
@@ -513,11 +520,10 @@ fn check_ranges(limits: &Limits) -> Result<(), Error> {
              (6 MiB), as Docker has it"
         ));
     }
-    let pid_max = number(Path::new("/proc/sys/kernel/pid_max")).map_or(i64::MAX, |n| n as i64);
-    if limits.pids > pid_max {
+    if limits.pids > PIDS_MAX {
         return invalid(format!(
-            "the process-count limit {} is over the kernel's maximum, {pid_max} (allowed: 1 to \
-             {pid_max})",
+            "the process-count limit {} is over the kernel's maximum, {PIDS_MAX} (allowed: 1 to \
+             {PIDS_MAX})",
             limits.pids
         ));
     }

@@ -92,6 +92,23 @@ pub fn v1_mount(controller: &str) -> Option<PathBuf> {
     })
 }
 
+/// Where the v2 hierarchy is mounted, from `/proc/self/mountinfo`.
+pub fn v2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let mount_point = mount.split_whitespace().nth(4)?;
+        fs.starts_with("cgroup2 ")
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
 /// The cgroup this process belongs to in the v1 hierarchy of `controller`.
 fn own_v1_cgroup(controller: &str) -> Option<PathBuf> {
     let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
