@@ -76,13 +76,20 @@
 //!
 //! The crate never prints (it logs through the `log` crate, target `swarmexec`),
 //! installs no signal handlers, never waits for a child it did not spawn, and names
-//! every thread it starts: `swarmexec-timer` (deadlines and retries),
-//! `swarmexec-reap` (one per process executor), `swarmexec-task` and
-//! `swarmexec-pool` (the task managers' pool). Besides its tasks' programs (and
-//! their health probes), a process executor whose tasks live in a v2 cgroup
-//! starts one helper process, a watchdog `sh` in a session of its own that kills
-//! those cgroups should the host die; it is no child of the host, and exits when
-//! the executor goes.
+//! every thread it starts: `swarmexec-timer` (deadlines and retries; it does no
+//! I/O), `swarmexec-reap` and `swarmexec-chores` (two per process executor: one
+//! spawns and reaps, the other does what may block), `swarmexec-task` and
+//! `swarmexec-pool` (the task managers' pool). What a controller or an executor
+//! holds is let go on the thread that drops its last handle, never on one of
+//! these. Besides its tasks' programs (and their health probes), a process
+//! executor whose tasks live in a v2 cgroup starts one helper process, a
+//! watchdog `sh` in a session of its own that kills those cgroups should the host
+//! die; it is no child of the host, and exits when the executor goes.
+//!
+//! Every duration the crate takes from outside (a timeout, an interval, a grace
+//! period, a retry delay) is at most [`MAX_DURATION`], about 292 years, as
+//! SwarmKit's own durations are; longer ones are refused when checked, and no
+//! deadline computed from one can overflow.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]

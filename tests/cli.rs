@@ -667,3 +667,36 @@ fn a_health_check_makes_running_mean_ready_and_an_unhealthy_task_end() {
     ]);
     assert_eq!(code(&out), 0, "no health check at all");
 }
+
+#[test]
+fn limits_out_of_range_are_refused_before_the_program_starts() {
+    for (flags, named) in [
+        (&["--memory", "1"][..], "minimum of 6291456 bytes"),
+        (&["--memory", "4k"], "6 MiB"),
+        (&["--memory", "8k"], "6 MiB"),
+        (&["--pids-limit", "5000000"], "kernel's maximum, 4194304"),
+        (&["--cpus", "100000"], "out of range"),
+    ] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "sh", "-c", "echo ran"]);
+        let out = swarmexec(&args);
+        assert_eq!(code(&out), 125, "{flags:?}");
+        assert!(
+            text(&out.stderr).contains(named),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "", "{flags:?}: the program never ran");
+    }
+}
+
+#[test]
+fn a_parent_that_ignores_sigchld_does_not_stop_the_command() {
+    let out = Command::new("perl")
+        .args(["-e", "$SIG{CHLD} = 'IGNORE'; exec @ARGV or die"])
+        .args([BIN, "run", "-q", "--", "sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 7, "{}", text(&out.stderr));
+}

@@ -7,18 +7,26 @@
 //! executor watches every program and wakes those waiting for it.
 //!
 //! - `prepare` validates the spec (a bad one rejects the task with an error naming
-//!   the problem). For a task that references secrets or configs, it creates a
-//!   directory of the controller's own under the executor's state directory
-//!   (`<task id>.<n>`, so that a controller for a reused task id never meets an
-//!   old one's files; [`ProcessController::task_dir`] names it) and writes them there
-//!   (secrets mode 0400, configs 0444, unless a reference sets the mode), in
-//!   `secrets` and `configs` directories of mode 0700 owned by the task's user; the
+//!   the problem: among others, durations over [`MAX_DURATION`](crate::MAX_DURATION),
+//!   a memory limit under [`MIN_MEMORY_LIMIT`], more processes than the kernel can
+//!   have, more CPUs than the host has). For a task that references secrets or
+//!   configs, it creates a directory of the controller's own in the executor's
+//!   state directory (`<task id>.<owner>.<n>`, so that a controller for a reused
+//!   task id never meets an old one's files; [`ProcessController::task_dir`] names
+//!   it) and writes them there (secrets mode 0400, configs 0444, unless a reference
+//!   sets the mode), in `secrets` and `configs` directories of mode 0700; the
 //!   program finds them through `SWARMEXEC_SECRETS_DIR` and `SWARMEXEC_CONFIGS_DIR`.
-//!   (A task with neither gets no directory: on a disk-backed state directory that
-//!   would cost as much as the spawn.) Its environment is those, `SWARMEXEC_TASK_ID`,
-//!   a default `PATH` and the spec's `env`: the host's own environment, which may
-//!   hold its credentials, is passed on only when the spec sets `inherit_env`.
-//! - `start` spawns it with stdin from `/dev/null` and stdout and stderr into pipes.
+//!   Everything is written as this process's user through open directories, never
+//!   following a link, and handed to the task's user only once complete (see the
+//!   `task_files` module): the task's user may do what it likes in its directory,
+//!   and still reaches nothing outside it. (A task with neither gets no directory.)
+//!   Its environment is those, `SWARMEXEC_TASK_ID`, a default `PATH` and the spec's
+//!   `env`: the host's own environment, which may hold its credentials, is passed
+//!   on only when the spec sets `inherit_env`.
+//! - `start` spawns it with stdin from `/dev/null` and stdout and stderr into pipes,
+//!   in a cgroup of its own where the host has cgroups (a cgroup that cannot be
+//!   made is a temporary error naming why: a task never runs uncontained on a host
+//!   that contains), waiting for the reaper only as long as its token allows.
 //! - `wait` returns when it exits: `Ok` for status 0, else an
 //!   [`Error::Exit`] with the code a shell would report (128 +
 //!   the signal for a killed program).
@@ -42,21 +50,50 @@
 //! When a program exits, whatever is left of its process group is killed, as a
 //! container engine does when a container's first process exits.
 //!
-//! # Dropping
+//! # Threads, and where things are dropped
+//!
+//! Each executor has two threads: the reaper, `swarmexec-reap`, which only spawns,
+//! reaps, drains output pipes and wakes waiters; and `swarmexec-chores`, which does
+//! whatever may block so that the reaper never does (removing cgroups, freezing
+//! one to kill it, cleaning up after dead executors, preparing health probes).
+//! Both start with the executor's first use and stop when the last of it goes.
 //!
 //! A controller that is closed or dropped kills its program if it still runs and
-//! deletes its files. The reaper thread starts with the executor and lives while
-//! the executor or any of its controllers does; when the last of them goes it
-//! kills anything left and exits. No program is ever left running without a
-//! supervisor.
+//! deletes its files; an executor that goes kills anything left, removes its
+//! cgroups and lets go of its state directory. Both happen on the thread that lets
+//! go of the last handle: the crate's own threads (the timer, the task managers'
+//! pool, the reaper) never hold the last one. No program is ever left running
+//! without a supervisor.
+//!
+//! # Neighbours
+//!
+//! Executors may share a state directory and a cgroup base, from one process or
+//! many, in one pid namespace or several (containers, `unshare`). Each holds an
+//! `flock` for its whole life on a lock file of its own in the state directory
+//! (`owners/<owner>`) and on its cgroup directories; one whose locks can be taken
+//! is dead, and the next executor removes what it left (its task directories,
+//! secrets first, and its cgroups, killing what runs in them), on its chores
+//! thread. A live executor's tasks are never touched.
 //!
 //! # A guest in the host program
 //!
 //! No signal handler is installed and only the pids spawned here are ever waited
-//! for, so a host that spawns and waits for its own children keeps working. (A host
-//! that reaps *every* child with `waitpid(-1)` takes the exit statuses of tasks too;
-//! those tasks then fail with "exit status lost".) Signals never reach a recycled
-//! pid: see the `supervisor` module for how.
+//! for, so a host that spawns and waits for its own children keeps working. A host
+//! that ignores SIGCHLD (or sets `SA_NOCLDWAIT`), so that the kernel reaps children
+//! itself, is refused at [`ProcessExecutorBuilder::build`] with an error saying
+//! so. (A host that reaps *every* child with `waitpid(-1)` takes the exit statuses
+//! of tasks too; those tasks then fail with "exit status lost (reaped outside
+//! swarmexec)".) Signals never reach a recycled pid: see the `supervisor` module
+//! for how.
+//!
+//! # State directory
+//!
+//! Secrets are written to the state directory, which should be memory-backed
+//! (tmpfs, ramfs) so that they never reach a disk: [`default_state_dir`] picks
+//! such a place where the host has one, and an executor on a disk-backed one logs
+//! a warning once ([`ProcessExecutor::state_dir_in_memory`] says which). A state
+//! directory that is a link, belongs to another user or that others may write to
+//! is refused.
 //!
 //! ```
 //! use swarmexec::api::{ProcessSpec, Runtime, Task, TaskSpec, TaskState};
@@ -331,7 +368,7 @@ impl ProcessExecutor {
     }
 
     /// Sets how many bytes of output each task keeps (its newest lines), for
-    /// controllers made from now on.
+    /// controllers made from now on (also [`ProcessExecutorBuilder::log_capacity`]).
     pub fn with_log_capacity(mut self, bytes: usize) -> Self {
         self.log_capacity = bytes;
         self

@@ -74,9 +74,10 @@ Options:
   --stop-grace DURATION Time between the stop signal and SIGKILL, like 10s,
                         1m30s or 500ms (default 10s)
   -q, --quiet           Print no state transitions (errors are still printed)
-  --state-dir PATH      Where task files go (default: /run/swarmexec for root,
-                        else $XDG_RUNTIME_DIR/swarmexec; what a killed run left
-                        there is removed by the next one)
+  --state-dir PATH      Where task files go (default: memory-backed, so that
+                        secrets stay off disk: /run/swarmexec for root, else
+                        $XDG_RUNTIME_DIR/swarmexec, or /dev/shm where those are
+                        on disk; what a killed run left is removed by the next)
   -h, --help            Print this help";
 
 const DESCRIBE_HELP: &str = "\

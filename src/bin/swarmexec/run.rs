@@ -35,6 +35,11 @@ pub(crate) fn run(options: RunOptions) -> ExitCode {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot take signals: {e}")),
     };
+    if let Err(e) = sys::default_sigchld() {
+        return fail(&format!(
+            "cannot take SIGCHLD back from its ignored state: {e}"
+        ));
+    }
     let state_dir = options.state_dir.clone().unwrap_or_else(default_state_dir);
     let executor = match ProcessExecutor::new(&state_dir) {
         Ok(executor) => executor,

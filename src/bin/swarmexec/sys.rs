@@ -140,6 +140,17 @@ pub(crate) fn share_one_malloc_arena() {
     };
 }
 
+/// Puts SIGCHLD back at its default, should the command's parent have left it
+/// ignored: the executor refuses to supervise where the kernel would reap its
+/// children itself, and the command's children are its own.
+pub(crate) fn default_sigchld() -> io::Result<()> {
+    // SAFETY: SIG_DFL is no handler: nothing of ours runs on the signal.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Takes ownership of a descriptor a call returned, or of its error (-1).
 fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {
