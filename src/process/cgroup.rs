@@ -240,29 +240,32 @@ impl Place {
         Ok(())
     }
 
-    fn is_made(&self) -> bool {
-        matches!(*self.state.lock(), PlaceState::Made { .. })
-    }
-
     /// Removes the directory (what is still in it first, killed) and the
     /// directories above it that making it created, and seals it: from now on it
     /// is never made. A directory above that is still in use (another
-    /// executor's) is left. Waits while it is being made.
-    fn remove(&self, log_failures: bool) {
-        let state = std::mem::replace(&mut *self.state.lock(), PlaceState::Sealed);
-        let PlaceState::Made { created, _lock } = state else {
-            return;
+    /// executor's) is left. Waits while it is being made. With `only_if_empty`,
+    /// does nothing (and seals nothing) unless the directory is empty already.
+    fn remove(&self, only_if_empty: bool) {
+        let mut state = self.state.lock();
+        let removed = match &*state {
+            PlaceState::Made { .. } if only_if_empty => fs::remove_dir(&self.dir),
+            PlaceState::Made { .. } => remove_tree(&self.dir, self.v2),
+            _ => return *state = PlaceState::Sealed,
         };
-        if let Err(e) = remove_tree(&self.dir, self.v2) {
-            if log_failures {
+        match removed {
+            Ok(()) => {}
+            Err(_) if only_if_empty => return,
+            Err(e) => {
                 log::warn!(target: "swarmexec", "cannot remove cgroup {}: {e}", self.dir.display());
+                return *state = PlaceState::Sealed;
             }
-            return;
         }
-        drop(_lock);
-        for dir in created {
-            if fs::remove_dir(&dir).is_err() {
-                break;
+        if let PlaceState::Made { created, .. } = std::mem::replace(&mut *state, PlaceState::Sealed)
+        {
+            for dir in created {
+                if fs::remove_dir(&dir).is_err() {
+                    break;
+                }
             }
         }
     }
@@ -271,6 +274,12 @@ impl Place {
 /// Makes `dir` and whatever above it is missing (mode 0755); returns those it
 /// made, the deepest first.
 fn create_missing(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    // Most often only `dir` may be missing: one call.
+    match fs::create_dir(dir) {
+        Ok(()) => return Ok(vec![dir.to_path_buf()]),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Vec::new()),
+        Err(_) => {}
+    }
     let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
     let mut created = Vec::new();
     for dir in missing.iter().rev() {
@@ -300,7 +309,7 @@ impl Cgroups {
     /// The executor's parent cgroups, under `parent` (relative to each
     /// hierarchy's root) or the default base. A hierarchy where they cannot be
     /// made (no permission, no such hierarchy) is not used. Nothing is made yet
-    /// where nothing must be (see [`make_ahead`](Cgroups::make_ahead)).
+    /// where nothing must be: the first task makes what it needs.
     pub(crate) fn new(owner: &Owner, parent: Option<&Path>) -> Cgroups {
         let mounts = Mounts::read();
         let v2_controllers = mounts
@@ -367,19 +376,6 @@ impl Cgroups {
         [&self.containment, &self.memory, &self.pids, &self.cpu]
             .into_iter()
             .flatten()
-    }
-
-    /// What makes the executor's containment cgroup ahead of its first task, for
-    /// a thread with nothing better to do; `None` once it was made. Whoever needs
-    /// it first makes it (or waits while it is being made).
-    pub(crate) fn make_ahead(&self) -> Option<impl FnOnce() + Send + 'static> {
-        let containment = self.containment.as_ref().filter(|c| !c.is_made())?;
-        let containment = Arc::clone(containment);
-        Some(move || {
-            if let Err(e) = containment.make() {
-                log::debug!(target: "swarmexec", "{e}");
-            }
-        })
     }
 
     /// No cgroups: tasks are held together by their process group only.
@@ -481,6 +477,12 @@ impl Cgroups {
     /// a parent it was given); one that cannot be removed is logged. None is made
     /// afterwards.
     pub(crate) fn remove(&self) {
+        self.places().for_each(|p| p.remove(false));
+    }
+
+    /// As [`remove`](Cgroups::remove), only for those already empty: the rest
+    /// stay for a later `remove`.
+    pub(crate) fn remove_if_empty(&self) {
         self.places().for_each(|p| p.remove(true));
     }
 }
@@ -527,8 +529,12 @@ fn check_ranges(limits: &Limits) -> Result<(), Error> {
             limits.pids
         ));
     }
-    let cpus = super::sys::online_cpus();
     let nano = limits.nano_cpus;
+    let cpus = if nano > 0 {
+        super::sys::online_cpus()
+    } else {
+        0
+    };
     if nano > 0 && (nano < MIN_NANO_CPUS || nano > cpus.saturating_mul(1_000_000_000)) {
         return invalid(format!(
             "the CPU limit {} CPUs is out of range: from 0.01 to {cpus}.00, as this host has \
@@ -596,6 +602,19 @@ fn has_controller_enabled(dir: &Path, controller: &str) -> bool {
         .is_ok_and(|enabled| enabled.split_whitespace().any(|c| c == controller))
 }
 
+/// True when a dead owner left its cgroup under `base`.
+pub(crate) fn has_dead_owners(base: &Path) -> bool {
+    let Ok(base_dir) = Dir::open(base) else {
+        return false;
+    };
+    base_dir.names().unwrap_or_default().iter().any(|name| {
+        name.to_str().and_then(Owner::parse).is_some()
+            && base_dir
+                .open_dir(name)
+                .is_ok_and(|dir| matches!(take_if_dead(&dir), Ok(Some(_))))
+    })
+}
+
 /// Kills what is left in the cgroups of dead owners under `base` (those whose
 /// lock can be taken: see the `owner` module), and removes them. For the chores
 /// thread: it may wait for processes to die.
@@ -633,6 +652,12 @@ pub(crate) fn clean_dead_owners(base: &Path) {
 /// supervisor does, leaves nothing). For the chores thread: it waits for the
 /// killed to die, and out the kernel's `EBUSY` after the last one has.
 pub(crate) fn remove_tree(dir: &Path, v2: bool) -> io::Result<()> {
+    // Most often it is empty and has no cgroups inside: one call.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     let cgroup = TaskCgroup::adopt(dir, v2);
     if !cgroup.is_empty() {
         let _ = cgroup.kill();
@@ -1093,29 +1118,21 @@ mod tests {
     }
 
     #[test]
-    fn the_containment_cgroup_made_ahead_is_made_once_and_never_after_removal() {
-        let owner = Owner::new();
-        let cgroups = Cgroups::new(&owner, None);
-        let Some(ahead) = cgroups.make_ahead() else {
+    fn the_containment_cgroup_is_made_on_demand_and_never_after_removal() {
+        let cgroups = Cgroups::new(&Owner::new(), None);
+        let Some(containment) = cgroups.containment.clone() else {
             // No cgroups here (or no permission): nothing to make, and none in force.
             assert_eq!(cgroups.containment().method, "process group");
             return;
         };
-        let dir = cgroups.containment.as_ref().unwrap().dir.clone();
-        ahead();
-        assert!(dir.is_dir());
-        assert!(cgroups.make_ahead().is_none(), "made once");
-        let base = dir.parent().unwrap().to_path_buf();
+        assert!(!containment.dir.exists(), "made on demand");
+        assert_ne!(cgroups.containment().method, "process group");
+        assert!(containment.dir.is_dir());
+        let base = containment.dir.parent().unwrap().to_path_buf();
+        assert!(!has_dead_owners(&base), "ours is locked");
         cgroups.remove();
-        assert!(!dir.exists());
-        clean_dead_owners(&base);
-
-        // Removed before the chore ran: the chore makes nothing.
-        let cgroups = Cgroups::new(&Owner::new(), None);
-        let ahead = cgroups.make_ahead().unwrap();
-        let dir = cgroups.containment.as_ref().unwrap().dir.clone();
-        cgroups.remove();
-        ahead();
-        assert!(!dir.exists(), "{} made after removal", dir.display());
+        assert!(!containment.dir.exists());
+        assert!(containment.make().is_err(), "sealed");
+        assert!(!containment.dir.exists(), "never made after removal");
     }
 }

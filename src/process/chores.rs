@@ -2,13 +2,13 @@
 //! that must be neither on the reaper (which every spawn and every wake-up waits
 //! for) nor on a caller's path.
 //!
-//! Removing a task's cgroups (depth first, waiting out `EBUSY`), freezing a v1
-//! cgroup to kill it, cleaning up after dead owners, making the executor's cgroup
-//! ahead of its first task, starting health probes and hearing how they went:
-//! each is a chore, run in the order given. The queue is bounded; a chore that
-//! finds it full (or no thread, when one cannot be started) runs on the thread
-//! that gave it, so nothing is ever dropped. The thread starts with the first
-//! chore and ends with the executor, after the chores left.
+//! Removing the cgroups of a task nobody removed (depth first, waiting out
+//! `EBUSY`), freezing a v1 cgroup to kill it, cleaning up after dead owners,
+//! starting health probes and hearing how they went: each is a chore, run in the
+//! order given. The queue is bounded; a chore that finds it full (or no thread,
+//! when one cannot be started) runs on the thread that gave it, so nothing is
+//! ever dropped. The thread starts with the first chore (an executor whose tasks
+//! need none never starts it) and ends with the executor, after the chores left.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

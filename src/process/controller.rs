@@ -81,21 +81,23 @@ pub(crate) struct Environment {
 
 impl Environment {
     /// Has the chores thread clean up after dead owners of the state directory
-    /// and the cgroup bases, and make the executor's cgroup while the caller goes
-    /// on to its first task (on a small host that takes as long as the rest of a
-    /// short run).
-    pub(crate) fn start_chores(&self) -> Result<(), Error> {
-        let state = self.state.try_clone()?;
+    /// and the cgroup bases, if there are any: looking costs a few system calls,
+    /// cleaning up (killing, waiting for cgroups to empty) may take a while.
+    pub(crate) fn clean_up_after_dead_owners(&self) -> Result<(), Error> {
         let bases = self.cgroups.0.bases();
+        let dead_cgroups = bases
+            .iter()
+            .any(|base| super::cgroup::has_dead_owners(base));
+        if !dead_cgroups && !self.state.has_dead_owners() {
+            return Ok(());
+        }
+        let state = self.state.try_clone()?;
         self.chores.run(move || {
             state.clean_dead_owners();
             bases
                 .iter()
                 .for_each(|base| super::cgroup::clean_dead_owners(base));
         });
-        if let Some(chore) = self.cgroups.0.make_ahead() {
-            self.chores.run(chore);
-        }
         Ok(())
     }
 
@@ -114,9 +116,13 @@ impl Environment {
 }
 
 impl Drop for Environment {
-    /// See the type's docs for the order.
+    /// See the type's docs for the order. The executor's cgroups that are empty
+    /// already (the tasks' removed by their controllers) go while the reaper
+    /// stops, each taking as long as the other.
     fn drop(&mut self) {
-        if let Some(stopping) = self.supervisor.stop() {
+        let stopping = self.supervisor.stop();
+        self.cgroups.0.remove_if_empty();
+        if let Some(stopping) = stopping {
             stopping.wait();
         }
         self.chores.finish();
@@ -687,6 +693,9 @@ impl Controller for ProcessController {
             return stopped;
         }
         let deleted = self.delete_files();
+        if let Ok(Some(started)) = self.started() {
+            started.process.remove_cgroup();
+        }
         stopped.and(deleted)
     }
 
@@ -717,6 +726,7 @@ impl Controller for ProcessController {
             {
                 log::warn!(target: "swarmexec", "process {} did not die; the reaper keeps it", process.pid());
             }
+            process.remove_cgroup();
             self.env.supervisor.forget(process);
         }
         deleted

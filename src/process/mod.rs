@@ -289,7 +289,7 @@ impl ProcessExecutorBuilder {
             _claim: claim,
             dependencies: Arc::new(DependencyStore::new()),
         };
-        env.start_chores()?;
+        env.clean_up_after_dead_owners()?;
         Ok(ProcessExecutor {
             env: Arc::new(env),
             node_id: Mutex::new(String::new()),

@@ -36,6 +36,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -93,10 +94,20 @@ pub(crate) struct Process {
     cgroup: Option<TaskCgroup>,
     /// Told when the process ends, for one started without waiting.
     observer: Option<Arc<dyn Observer>>,
+    /// Set once the task's cgroups are removed, or being removed.
+    cgroup_removed: AtomicBool,
+    /// Where the cgroups go if nobody removed them by the time the process is let
+    /// go of (which may be on the reaper).
+    chores: Chores,
 }
 
 impl Process {
-    fn new(pid: libc::pid_t, log_capacity: usize, cgroup: Option<TaskCgroup>) -> Self {
+    fn new(
+        pid: libc::pid_t,
+        log_capacity: usize,
+        cgroup: Option<TaskCgroup>,
+        chores: Chores,
+    ) -> Self {
         let (exited_tx, exited_rx) = crossbeam_channel::bounded(0);
         Process {
             pid,
@@ -106,6 +117,21 @@ impl Process {
             logs: LogBuffer::new(log_capacity),
             cgroup,
             observer: None,
+            cgroup_removed: AtomicBool::new(false),
+            chores,
+        }
+    }
+
+    /// Removes the task's cgroups on this thread, once it has ended (and unless
+    /// that was done): for its controller, when it is removed or closed.
+    pub(crate) fn remove_cgroup(&self) {
+        if self.exit().is_none() {
+            return;
+        }
+        if let Some(cgroup) = &self.cgroup {
+            if !self.cgroup_removed.swap(true, Ordering::AcqRel) {
+                cgroup.remove();
+            }
         }
     }
 
@@ -192,8 +218,10 @@ impl Process {
     }
 
     /// Reaps the leader, after reading what the task used; called once it has
-    /// exited and the rest is gone. Its cgroups are removed as a chore, and its
-    /// observer told there. Returns false when it was reaped already.
+    /// exited and the rest is gone. Its observer is told on the chores thread;
+    /// its cgroups are removed by [`remove_cgroup`](Process::remove_cgroup), or
+    /// as a chore once the process is let go of. Returns false when it was reaped
+    /// already.
     fn reap(self: &Arc<Self>, chores: &Chores) -> bool {
         let mut reaped = self.reaped.lock();
         if reaped.is_some() {
@@ -204,11 +232,7 @@ impl Process {
             log::warn!(target: "swarmexec", "cannot kill the rest of process group {}: {e}", self.pid);
         }
         let (mut usage, out_of_memory) = match &self.cgroup {
-            Some(cgroup) => {
-                let ended = (cgroup.totals(), cgroup.oom_kills() > 0);
-                chores.run(cgroup.removal());
-                ended
-            }
+            Some(cgroup) => (cgroup.totals(), cgroup.oom_kills() > 0),
             None => (ResourceUsage::default(), false),
         };
         let status = match sys::reap(self.pid) {
@@ -261,6 +285,17 @@ impl Process {
             recv(cancel.done()) -> _ => Err(cancel.err().unwrap_or(Error::Canceled)),
             recv(cancel.deadline_passed()) -> _ => Err(Error::DeadlineExceeded),
             recv(timer) -> _ => Ok(self.exit()),
+        }
+    }
+}
+
+impl Drop for Process {
+    /// Cgroups nobody removed go as a chore: this may be the reaper.
+    fn drop(&mut self) {
+        if let Some(cgroup) = &self.cgroup {
+            if !self.cgroup_removed.load(Ordering::Acquire) {
+                self.chores.run(cgroup.removal());
+            }
         }
     }
 }
@@ -716,7 +751,7 @@ impl Reaper {
             Reply::Waiting(..) => None,
         };
         let spawned = spawned.map(|pid| {
-            let mut process = Process::new(pid, log_capacity, cgroup);
+            let mut process = Process::new(pid, log_capacity, cgroup, self.chores.clone());
             process.observer = observer;
             let process = Arc::new(process);
             self.watch(Arc::clone(&process), pipes);

@@ -181,6 +181,27 @@ impl StateDir {
         }
     }
 
+    /// True when a dead owner left something here (see
+    /// [`clean_dead_owners`](StateDir::clean_dead_owners)).
+    pub(crate) fn has_dead_owners(&self) -> bool {
+        let Ok(owners) = self.dir.open_dir(OsStr::new(OWNERS)) else {
+            return false;
+        };
+        let task_dirs = self.names().unwrap_or_default();
+        let listed = owners.names().unwrap_or_default();
+        let mut judged = HashMap::new();
+        let task_owners = task_dirs
+            .iter()
+            .filter_map(|n| n.to_str().and_then(task_dir_owner));
+        let lock_owners = listed
+            .iter()
+            .filter_map(|n| n.to_str().and_then(Owner::parse));
+        task_owners.chain(lock_owners).any(|owner| {
+            let liveness = judged.entry(owner).or_insert_with(|| judge(&owners, owner));
+            !matches!(liveness, Liveness::Live)
+        })
+    }
+
     /// Deletes the task directories of dead owners (whose lock can be taken, or
     /// who have no lock file: it is made before their first directory and removed
     /// after their last), then their lock files. For the chores thread; failures
