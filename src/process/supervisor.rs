@@ -1025,7 +1025,8 @@ mod tests {
         let null = || OwnedFd::from(File::create("/dev/null").unwrap());
         let (started, starts) = crossbeam_channel::unbounded();
         let observer = Arc::new(Started(started));
-        let supervisor = Supervisor::new(Chores::new());
+        let chores = Chores::new();
+        let supervisor = Supervisor::new(chores.clone());
         let at = Instant::now() + Duration::from_millis(100);
         supervisor.spawn_at(at, plan("exit 0", null(), null()), observer.clone());
         let spawned = starts.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -1034,7 +1035,9 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(60);
         supervisor.spawn_at(later, plan("exit 0", null(), null()), observer.clone());
         drop(supervisor);
-        // The pending request, and its descriptors, went with the reaper.
+        // Once the chores told of the first are done, the pending request, and
+        // its descriptors, went with the reaper.
+        chores.finish();
         assert_eq!(Arc::strong_count(&observer), 1);
         assert!(starts.try_recv().is_err());
     }
