@@ -39,7 +39,7 @@ fn task(id: usize, command: &[&str], limits: Option<Limits>) -> Task {
         desired_state: TaskState::Running,
         spec: TaskSpec {
             runtime: Some(Runtime::Process(ProcessSpec {
-                command: command.iter().map(|s| s.to_string()).collect(),
+                command: command.iter().map(|s| s.into()).collect(),
                 ..Default::default()
             })),
             resources: limits.map(|limits| ResourceRequirements {

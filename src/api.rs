@@ -7,11 +7,13 @@
 //! their payload in `Debug` output.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+pub use crate::signal::Signal;
 use crate::Error;
 
 /// Where a task is in its lifecycle.
@@ -294,19 +296,29 @@ pub enum Runtime {
 }
 
 /// A program run directly as an OS process, never through a shell.
+///
+/// Where it meets [`std::process::Command`] it takes the same types: the command
+/// and the environment are bytes (`OsString`), passed to the program untouched.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessSpec {
     /// The program and its arguments (argv); the program is looked up in `PATH` when it
     /// has no `/`.
-    pub command: Vec<String>,
-    /// Environment entries, each `KEY=VALUE`.
-    pub env: Vec<String>,
+    pub command: Vec<OsString>,
+    /// Environment variables, name and value, in order (a later one replaces an
+    /// earlier one of the same name).
+    pub env: Vec<(OsString, OsString)>,
     /// The working directory; the executor's default when `None`.
     pub dir: Option<PathBuf>,
-    /// The user to run as, a name or numeric id (honoured when the host runs as root).
+    /// The user to run as, a name or numeric id, as Docker takes it: a numeric id
+    /// needs no entry in the user database (its group is then 0, as Docker has it,
+    /// unless `group` says). Honoured when the host runs as root.
     pub user: Option<String>,
-    /// The group to run as, a name or numeric id (honoured when the host runs as root).
+    /// The group to run as, a name or numeric id; the user's own group when
+    /// `None`. Honoured when the host runs as root.
     pub group: Option<String>,
+    /// More groups to run with (names or numeric ids), beside those the user
+    /// database gives a named user, as `docker run --group-add` adds them.
+    pub groups: Vec<String>,
     /// Whether the program inherits the host process's environment (off by default:
     /// it may hold the host's credentials).
     pub inherit_env: bool,
@@ -314,9 +326,10 @@ pub struct ProcessSpec {
     pub secrets: Vec<SecretReference>,
     /// Configs to place in files for the program.
     pub configs: Vec<ConfigReference>,
-    /// The signal that asks the program to stop: `"SIGTERM"`, `"TERM"` or `"15"`;
-    /// SIGTERM when `None`.
-    pub stop_signal: Option<String>,
+    /// The signal that asks the program to stop; SIGTERM when `None`.
+    pub stop_signal: Option<Signal>,
+    /// Who the stop signal goes to (and what `ProcessController::signal` reaches).
+    pub signal_target: SignalTarget,
     /// How long to wait after the stop signal before killing; 10 s when `None`.
     pub stop_grace_period: Option<Duration>,
     /// Resource limits applied to the program.
@@ -327,9 +340,28 @@ pub struct ProcessSpec {
     pub stdout: OutputSink,
     /// Where the program's stderr goes: captured into the task's logs unless set.
     pub stderr: OutputSink,
+    /// Descriptors the program gets as 3, 4, ... in this order. Nothing else above
+    /// stderr reaches it: every other descriptor of the host is closed at `exec`.
+    pub extra_fds: Vec<SharedFd>,
+    /// Makes the program's process group the foreground group of the terminal
+    /// that is its stdin (as a shell does for a job), so that it may read the
+    /// terminal and the terminal's signals (Ctrl-C, Ctrl-Z) reach it; nothing when
+    /// its stdin is no terminal. Whoever takes the terminal back is the caller's
+    /// business (`swarmexec run` does).
+    pub foreground: bool,
     /// How to tell that the program is healthy; `None` for no check (the task is
     /// running as soon as it has started).
     pub healthcheck: Option<HealthCheck>,
+}
+
+/// Who a task's signals go to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SignalTarget {
+    /// Its program's whole process group (as `dumb-init` and `tini -g` do).
+    #[default]
+    Group,
+    /// Its program alone (as Docker and `tini` do): the program passes them on.
+    Process,
 }
 
 /// A health check, with Docker's fields and defaults: `start` returns once a probe
@@ -355,9 +387,9 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthTest {
     /// A program and its arguments, run directly (Docker's `CMD`).
-    Command(Vec<String>),
+    Command(Vec<OsString>),
     /// A shell command line, run with `sh -c` (Docker's `CMD-SHELL`).
-    Shell(String),
+    Shell(OsString),
 }
 
 impl Default for HealthTest {

@@ -103,6 +103,7 @@ pub mod executor;
 mod panic;
 #[cfg(target_os = "linux")]
 pub mod process;
+mod signal;
 mod state;
 mod stub;
 mod time;

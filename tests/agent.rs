@@ -449,7 +449,7 @@ fn unresolvable_tasks_are_rejected_and_reported() {
 fn process_task(id: &str, command: &[&str]) -> Task {
     let mut t = task(id, TaskState::Assigned, TaskState::Running);
     t.spec.runtime = Some(Runtime::Process(ProcessSpec {
-        command: command.iter().map(|s| s.to_string()).collect(),
+        command: command.iter().map(|s| s.into()).collect(),
         stop_grace_period: Some(Duration::from_secs(5)),
         ..Default::default()
     }));

@@ -296,7 +296,7 @@ fn a_program_ignoring_sigterm_is_killed_after_the_grace_period() {
 }
 
 #[test]
-fn a_second_sigint_kills_at_once() {
+fn a_sigint_during_a_stop_kills_at_once() {
     let (mut child, _stdout) = start_until_ready(&[
         "run",
         "--stop-grace",
@@ -307,7 +307,7 @@ fn a_second_sigint_kills_at_once() {
         "trap '' INT TERM; echo ready; sleep 30",
     ]);
     let start = Instant::now();
-    send(&child, "-INT");
+    send(&child, "-TERM");
     std::thread::sleep(Duration::from_millis(100));
     send(&child, "-INT");
     let status = child.wait().unwrap();
@@ -534,15 +534,17 @@ fn the_final_line_shows_the_exit_code_even_after_a_forced_kill() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    send(&child, "-INT");
+    send(&child, "-TERM");
     std::thread::sleep(Duration::from_millis(100));
-    send(&child, "-INT");
+    send(&child, "-TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(137));
     let stderr = text(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("SHUTDOWN") && last.contains("(exit 137"),
+        last.contains("SHUTDOWN")
+            && last.contains("stopped on request: killed by signal 9 (SIGKILL)")
+            && last.contains("(exit 137"),
         "{stderr}"
     );
 }

@@ -129,7 +129,7 @@ fn shutdown_stops_a_program_with_its_stop_signal() {
         ready.display()
     );
     let mut s = sh(&script);
-    s.stop_signal = Some("USR1".into());
+    s.stop_signal = Some(Signal::USR1);
     s.stop_grace_period = Some(Duration::from_secs(20));
     let controller = started(&f.executor, "graceful", s);
     eventually("the trap is set", || ready.exists());
@@ -411,12 +411,21 @@ fn bad_specs_reject_the_task_with_a_message_naming_the_problem() {
             "invalid task spec: working directory /nonexistent-dir does not exist".into(),
         ),
         (
-            with(|s| s.env = vec!["GOOD=1".into(), "PASSWORD".into()]),
-            "invalid task spec: env entry 1 is not KEY=VALUE".into(),
+            with(|s| {
+                s.env = vec![
+                    ("GOOD".into(), "1".into()),
+                    ("PASS=WORD".into(), "x".into()),
+                ]
+            }),
+            "invalid task spec: env entry 1: the name is empty or holds '=' or NUL".into(),
         ),
         (
-            with(|s| s.env = vec!["=x".into()]),
-            "invalid task spec: env entry 0 is not KEY=VALUE".into(),
+            with(|s| s.env = vec![("".into(), "x".into())]),
+            "invalid task spec: env entry 0: the name is empty or holds '=' or NUL".into(),
+        ),
+        (
+            with(|s| s.env = vec![("A".into(), "x\0y".into())]),
+            "invalid task spec: env entry 0: the value holds NUL".into(),
         ),
         (
             with(|s| s.user = Some("no-such-user-xyz".into())),
@@ -427,8 +436,8 @@ fn bad_specs_reject_the_task_with_a_message_naming_the_problem() {
             "invalid task spec: unknown group \"no-such-group-xyz\"".into(),
         ),
         (
-            with(|s| s.stop_signal = Some("SIGNOPE".into())),
-            "invalid task spec: unknown stop signal \"SIGNOPE\"".into(),
+            with(|s| s.groups = vec!["no-such-group-xyz".into()]),
+            "invalid task spec: unknown group \"no-such-group-xyz\"".into(),
         ),
         (
             ProcessSpec {
@@ -568,7 +577,7 @@ fn secrets_and_configs_become_files_for_the_program_and_go_with_remove() {
 fn the_program_does_not_inherit_the_host_environment_unless_asked() {
     let f = fixture();
     let mut s = spec(&["env"]);
-    s.env = vec!["GREETING=hi".into()];
+    s.env = vec![("GREETING".into(), "hi".into())];
     let (_, controller) = run(&f.executor, task("env", s.clone()));
     let mut keys: Vec<String> = logs_of(&*controller, Default::default())
         .into_iter()
@@ -727,7 +736,7 @@ fn resource_limits_apply_to_the_program() {
 fn a_numeric_stop_signal_is_accepted() {
     let f = fixture();
     let mut s = spec(&["sleep", "30"]);
-    s.stop_signal = Some("9".into());
+    s.stop_signal = Some("9".parse().unwrap());
     let controller = started(&f.executor, "numeric-signal", s);
     controller.shutdown(&CancelToken::new()).unwrap();
     let err = controller.wait(&CancelToken::new()).unwrap_err();

@@ -206,7 +206,7 @@ fn messages_name_the_real_problem() {
     );
     assert_eq!(
         rejection(&executor, &task("empty-name", &[""])).to_string(),
-        "invalid task spec: the program name (the command's first word) is empty"
+        "program not found: \"\" (the program name, the command's first word, is empty)"
     );
     let long = "x".repeat(5000);
     let mut long_target = with_secret(task("long-target", &["true"]), &executor);

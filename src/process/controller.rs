@@ -1,6 +1,6 @@
 //! [`ProcessController`]: one task run as a supervised OS process.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,7 +25,7 @@ use super::task_files::{self, StateClaim, StateDir};
 use super::watchdog::{self, Watchdog};
 use crate::api::{
     ContainerStatus, Health, HealthState, InputSource, LogContext, LogSubscriptionOptions,
-    OutputSink, ProcessSpec, ResourceUsage, Runtime, Task,
+    OutputSink, ProcessSpec, ResourceUsage, Runtime, Signal, SignalTarget, Task,
 };
 use crate::executor::DependencyStore;
 use crate::{
@@ -231,15 +231,38 @@ impl ProcessController {
         self.state.lock().start_failure
     }
 
-    /// Sends `signal` (a name such as `"SIGUSR1"` or `"USR1"`, or a number) to the
-    /// program's process group, while it runs; nothing once it has ended.
-    pub fn signal(&self, signal: &str) -> Result<(), Error> {
-        let number = sys::parse_signal(signal)
-            .ok_or_else(|| Error::InvalidSpec(format!("unknown signal {signal:?}")))?;
+    /// Sends `signal` to the program, or to its whole process group, as its
+    /// spec's [`signal_target`](crate::api::ProcessSpec::signal_target) says,
+    /// while it runs; nothing once it has ended.
+    pub fn signal(&self, signal: Signal) -> Result<(), Error> {
         match self.started()? {
-            Some(started) => started.process.signal_group(number).map_err(Error::other),
+            Some(started) => send(&started, signal).map_err(Error::other),
             None => Err(Error::other("exec: task not started")),
         }
+    }
+
+    /// Sends `signal` to the program's whole process group, while it runs,
+    /// whatever its spec's signal target: for job control (SIGCONT, say).
+    pub fn signal_group(&self, signal: Signal) -> Result<(), Error> {
+        match self.started()? {
+            Some(started) => started
+                .process
+                .signal_group(signal.number())
+                .map_err(Error::other),
+            None => Err(Error::other("exec: task not started")),
+        }
+    }
+
+    /// How the program ended, once it has (as [`std::process::Child::wait`]
+    /// tells it); `None` before, or when it was reaped outside swarmexec.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.started().ok()??.process.exit()?.status
+    }
+
+    /// True while the program is stopped (by SIGSTOP, SIGTSTP, SIGTTIN or
+    /// SIGTTOU): for a caller that does job control.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.started(), Ok(Some(started)) if started.process.is_stopped())
     }
 
     /// What the task has used so far, or in all once it ended; `None` before it
@@ -313,9 +336,7 @@ impl ProcessController {
         if process.exit().is_some() {
             return Ok(());
         }
-        process
-            .signal_group(launch.stop_signal)
-            .map_err(Error::other)?;
+        send_to(process, launch.signal_target, launch.stop_signal).map_err(Error::other)?;
         if process
             .wait_exit(cancel, Some(launch.stop_grace))?
             .is_some()
@@ -378,7 +399,7 @@ impl ProcessController {
     fn make_launch(&self, cancel: &CancelToken, task: &Task) -> Result<Prepared, Error> {
         spec::check_task_id(&task.id)?;
         let spec = process_spec(task)?;
-        let env = vec![("SWARMEXEC_TASK_ID".to_owned(), task.id.clone())];
+        let env = vec![("SWARMEXEC_TASK_ID".into(), task.id.clone().into())];
         let mut launch = spec::launch(spec, env)?;
         launch.limits = task
             .spec
@@ -405,7 +426,8 @@ impl ProcessController {
             ("SWARMEXEC_SECRETS_DIR", "secrets"),
             ("SWARMEXEC_CONFIGS_DIR", "configs"),
         ] {
-            spec::set_var(&mut launch.env, var, path_string(&task_dir.join(subdir)));
+            let dir = task_dir.join(subdir).into_os_string();
+            spec::set_var(&mut launch.env, var.as_ref(), dir);
         }
         Ok(Prepared {
             launch,
@@ -865,7 +887,7 @@ fn exit_result(exit: Exit, container: ContainerStatus) -> Result<(), Error> {
     let code = exit_code(status);
     let ended = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => match sys::signal_name(signal) {
+        (None, Some(signal)) => match Signal::from_number(signal) {
             Some(name) => format!("killed by signal {signal} ({name})"),
             None => format!("killed by signal {signal}"),
         },
@@ -930,10 +952,18 @@ fn stdio_error(e: io::Error) -> Error {
     }
 }
 
-/// What the program is started with: `launch`, the given stdio, in a process group
-/// of its own, killed should the executor's process die.
+/// What the program is started with: `launch`, the given stdio and the extra
+/// descriptors, in a process group of its own (its terminal's foreground, if it
+/// asks), killed should the executor's process die.
 fn spawn_plan(launch: &Launch, stdio: [OwnedFd; 3]) -> Result<SpawnPlan, Error> {
-    run_plan(launch, &launch.program, &launch.argv, stdio)
+    let mut plan = run_plan(launch, &launch.program, &launch.argv, stdio)?;
+    plan.extra_fds = launch
+        .extra_fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned().map_err(stdio_error))
+        .collect::<Result<_, _>>()?;
+    plan.foreground = launch.foreground;
+    Ok(plan)
 }
 
 /// What a health probe is started with: the task's user, directory and
@@ -956,38 +986,41 @@ fn probe_planner(
     })
 }
 
-/// `program` with `argv`, as `launch` starts its program.
+/// `program` with `argv`, as `launch` starts its program, with only stdio.
 fn run_plan(
     launch: &Launch,
     program: &Path,
-    argv: &[String],
+    argv: &[OsString],
     stdio: [OwnedFd; 3],
 ) -> Result<SpawnPlan, Error> {
-    let c_string = |what: &str, bytes: Vec<u8>| {
+    let c_string = |what: &str, bytes: &[u8]| {
         CString::new(bytes).map_err(|_| Error::InvalidSpec(format!("{what} contains NUL")))
     };
-    let mut dir = None;
-    if let Some(path) = &launch.dir {
-        dir = Some(c_string(
-            "working directory",
-            path.as_os_str().as_bytes().to_vec(),
-        )?);
-    }
+    let dir = match &launch.dir {
+        Some(path) => Some(c_string("working directory", path.as_os_str().as_bytes())?),
+        None => None,
+    };
+    let entry = |(key, value): &(OsString, OsString)| {
+        let mut bytes = Vec::with_capacity(key.len() + 1 + value.len());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.push(b'=');
+        bytes.extend_from_slice(value.as_bytes());
+        c_string("environment", &bytes)
+    };
     Ok(SpawnPlan {
-        program: c_string("program path", program.as_os_str().as_bytes().to_vec())?,
+        program: c_string("program path", program.as_os_str().as_bytes())?,
         argv: argv
             .iter()
-            .map(|arg| c_string("command", arg.clone().into_bytes()))
+            .map(|arg| c_string("command", arg.as_bytes()))
             .collect::<Result<_, _>>()?,
-        env: launch
-            .env
-            .iter()
-            .map(|(k, v)| c_string("environment", format!("{k}={v}").into_bytes()))
-            .collect::<Result<_, _>>()?,
+        env: launch.env.iter().map(entry).collect::<Result<_, _>>()?,
         dir,
         credentials: launch.credentials,
+        groups: launch.groups.clone(),
         rlimits: launch.rlimits.clone(),
         stdio,
+        extra_fds: Vec::new(),
+        foreground: false,
         cgroups: Default::default(),
         tie: sys::Tie::DiesWithParent,
     })
@@ -996,7 +1029,7 @@ fn run_plan(
 /// The error of a failed spawn, named after its real cause, and what it means for
 /// a caller that maps failures to exit codes.
 fn spawn_error(launch: &Launch, failure: SpawnError) -> (Error, Option<StartFailure>) {
-    let program = &launch.argv[0];
+    let program = &launch.argv[0].to_string_lossy();
     let SpawnError { step, error: e } = failure;
     if sys::is_exhaustion(&e) {
         let limit = sys::describe_exhaustion(&e);
@@ -1015,7 +1048,7 @@ fn spawn_error(launch: &Launch, failure: SpawnError) -> (Error, Option<StartFail
             Some(StartFailure::NotFound),
         ),
         SpawnStep::Exec if e.kind() == io::ErrorKind::NotFound => (
-            Error::ProgramNotFound(program.clone()),
+            Error::ProgramNotFound(program.to_string()),
             Some(StartFailure::NotFound),
         ),
         SpawnStep::Exec if denied || e.raw_os_error() == Some(libc::ENOEXEC) => (
@@ -1035,6 +1068,14 @@ fn spawn_error(launch: &Launch, failure: SpawnError) -> (Error, Option<StartFail
     }
 }
 
-fn path_string(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
+/// Sends `signal` to the started program, as its launch says.
+fn send(started: &Started, signal: Signal) -> io::Result<()> {
+    send_to(&started.process, started.launch.signal_target, signal)
+}
+
+fn send_to(process: &Process, target: SignalTarget, signal: Signal) -> io::Result<()> {
+    match target {
+        SignalTarget::Group => process.signal_group(signal.number()),
+        SignalTarget::Process => process.signal_process(signal.number()),
+    }
 }

@@ -36,7 +36,7 @@ const OUTPUT_KEPT: usize = 4096;
 pub(crate) struct HealthPlan {
     /// The probe's executable, resolved at `prepare`.
     pub(crate) program: PathBuf,
-    pub(crate) argv: Vec<String>,
+    pub(crate) argv: Vec<std::ffi::OsString>,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) start_period: Duration,

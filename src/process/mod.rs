@@ -125,6 +125,7 @@ mod chores;
 mod controller;
 mod health;
 mod logs;
+mod orphans;
 mod owner;
 mod spec;
 mod supervisor;
@@ -157,25 +158,30 @@ use crate::{
 
 /// `HOME`, `USER` and `LOGNAME` of `user` (a name or numeric id), or of the user
 /// this process runs as: what a login would set, for callers whose tasks should
-/// see them (`swarmexec run` adds them; a spec gets none by default).
+/// see them (`swarmexec run` adds them; a spec gets none by default). A numeric id
+/// with no entry in the user database gets `HOME=/` alone, as Docker gives it.
 ///
 /// ```
 /// let env = swarmexec::process::login_environment(None)?;
 /// assert_eq!(env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["HOME", "USER", "LOGNAME"]);
+/// let nobody_known = swarmexec::process::login_environment(Some("4000000"))?;
+/// assert_eq!(nobody_known, [("HOME".to_owned(), "/".to_owned())]);
 /// # Ok::<(), swarmexec::Error>(())
 /// ```
 pub fn login_environment(user: Option<&str>) -> Result<Vec<(String, String)>, Error> {
-    let found = match user {
-        None => sys::user_by_uid(sys::effective_uid()),
-        Some(user) => match user.parse::<u32>() {
-            Ok(uid) => sys::user_by_uid(uid),
-            Err(_) => sys::user_by_name(user),
-        },
+    let numeric = user.and_then(|u| u.parse::<u32>().ok());
+    let found = match (user, numeric) {
+        (None, _) => sys::user_by_uid(sys::effective_uid()),
+        (Some(_), Some(uid)) => sys::user_by_uid(uid),
+        (Some(user), None) => sys::user_by_name(user),
     };
     let described = user.map_or_else(|| "the current user".to_owned(), |u| format!("user {u:?}"));
-    let entry = found
-        .map_err(|e| Error::other(format!("cannot look up {described}: {e}")))?
-        .ok_or_else(|| Error::InvalidSpec(format!("unknown {described}")))?;
+    let found = found.map_err(|e| Error::other(format!("cannot look up {described}: {e}")))?;
+    let entry = match (found, numeric) {
+        (Some(entry), _) => entry,
+        (None, Some(_)) => return Ok(vec![("HOME".to_owned(), "/".to_owned())]),
+        (None, None) => return Err(Error::InvalidSpec(format!("unknown {described}"))),
+    };
     Ok(vec![
         ("HOME".to_owned(), entry.home),
         ("USER".to_owned(), entry.name.clone()),
@@ -222,6 +228,7 @@ pub struct ProcessExecutorBuilder {
     state_dir: PathBuf,
     cgroups: CgroupChoice,
     log_capacity: usize,
+    adopt_orphans: bool,
 }
 
 impl ProcessExecutorBuilder {
@@ -246,6 +253,17 @@ impl ProcessExecutorBuilder {
     /// [`DEFAULT_LOG_CAPACITY`].
     pub fn log_capacity(mut self, bytes: usize) -> Self {
         self.log_capacity = bytes;
+        self
+    }
+
+    /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that
+    /// what the tasks leave behind (a daemon's double fork, a shell's orphaned
+    /// background jobs) is reparented to it, and has the executor reap every
+    /// child that is not one of its tasks, as `tini -s` does. For a host with no
+    /// children of its own, such as a container's init: it would reap those too.
+    /// Off by default: a guest reaps nothing that is not its own.
+    pub fn adopt_orphans(mut self, adopt: bool) -> Self {
+        self.adopt_orphans = adopt;
         self
     }
 
@@ -279,8 +297,14 @@ impl ProcessExecutorBuilder {
             CgroupChoice::None => Cgroups::none(),
         };
         let chores = Chores::new();
+        let mut supervisor = Supervisor::new(chores.clone());
+        if self.adopt_orphans {
+            supervisor = supervisor
+                .adopting_orphans()
+                .map_err(|e| Error::other(format!("cannot adopt orphans: {e}")))?;
+        }
         let env = Environment {
-            supervisor: Supervisor::new(chores.clone()),
+            supervisor,
             chores,
             watchdog: OnceLock::new(),
             cgroups: ExecutorCgroups(cgroups),
@@ -352,7 +376,17 @@ impl ProcessExecutor {
             state_dir: state_dir.into(),
             cgroups: CgroupChoice::Default,
             log_capacity: DEFAULT_LOG_CAPACITY,
+            adopt_orphans: false,
         }
+    }
+
+    /// For an executor that adopts orphans (see
+    /// [`ProcessExecutorBuilder::adopt_orphans`]): reap those that have exited
+    /// now, rather than within the tenth of a second in which the reaper looks
+    /// anyway. A host that takes SIGCHLD (as `swarmexec run` does) calls it
+    /// then. Nothing otherwise.
+    pub fn reap_orphans(&self) {
+        self.env.supervisor.reap_orphans();
     }
 
     /// True when the state directory is memory-backed (tmpfs or ramfs), so that

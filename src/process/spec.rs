@@ -2,6 +2,8 @@
 //! spawn, resolved and validated up front so that `start` cannot fail on bad input.
 
 use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +11,10 @@ use std::time::Duration;
 
 use super::health::HealthPlan;
 use super::sys;
-use crate::api::{HealthCheck, HealthTest, InputSource, Limits, OutputSink, ProcessSpec, Rlimit};
+use crate::api::{
+    HealthCheck, HealthTest, InputSource, Limits, OutputSink, ProcessSpec, Rlimit, SharedFd,
+    Signal, SignalTarget,
+};
 use crate::Error;
 
 /// The `PATH` a program gets when its spec sets none.
@@ -24,13 +29,16 @@ pub(crate) const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) struct Launch {
     pub(crate) program: PathBuf,
     /// Never empty: [`launch`] refuses an empty command.
-    pub(crate) argv: Vec<String>,
+    pub(crate) argv: Vec<OsString>,
     /// The program's whole environment.
-    pub(crate) env: Vec<(String, String)>,
+    pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) dir: Option<PathBuf>,
     /// The uid and gid to run as, when the spec names a user or group.
     pub(crate) credentials: Option<(u32, u32)>,
-    pub(crate) stop_signal: libc::c_int,
+    /// The supplementary groups to run with, along with `credentials`.
+    pub(crate) groups: Vec<u32>,
+    pub(crate) stop_signal: Signal,
+    pub(crate) signal_target: SignalTarget,
     pub(crate) stop_grace: Duration,
     pub(crate) rlimits: Vec<Rlimit>,
     /// The task's resource limits, checked against what the host can enforce.
@@ -38,6 +46,8 @@ pub(crate) struct Launch {
     pub(crate) stdin: InputSource,
     pub(crate) stdout: OutputSink,
     pub(crate) stderr: OutputSink,
+    pub(crate) extra_fds: Vec<SharedFd>,
+    pub(crate) foreground: bool,
     /// The health check, validated.
     pub(crate) health: Option<Arc<HealthPlan>>,
 }
@@ -98,7 +108,7 @@ fn shortened(name: &str) -> String {
 }
 
 /// Sets `key` in an environment list, replacing an earlier value.
-pub(crate) fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
+pub(crate) fn set_var(env: &mut Vec<(OsString, OsString)>, key: &OsStr, value: OsString) {
     match env.iter_mut().find(|(k, _)| k == key) {
         Some(entry) => entry.1 = value,
         None => env.push((key.to_owned(), value)),
@@ -109,17 +119,18 @@ pub(crate) fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String)
 /// program's environment.
 pub(crate) fn launch(
     spec: &ProcessSpec,
-    extra_env: Vec<(String, String)>,
+    extra_env: Vec<(OsString, OsString)>,
 ) -> Result<Launch, Error> {
     let Some(argv0) = spec.command.first() else {
         return Err(invalid("command is empty"));
     };
     if argv0.is_empty() {
-        return Err(invalid(
-            "the program name (the command's first word) is empty",
+        // What a shell says of an empty command name: not found.
+        return Err(Error::ProgramNotFound(
+            "\"\" (the program name, the command's first word, is empty)".to_owned(),
         ));
     }
-    if spec.command.iter().any(|arg| arg.contains('\0')) {
+    if spec.command.iter().any(|arg| has_nul(arg)) {
         return Err(invalid("command contains NUL"));
     }
     let env = environment(spec, extra_env)?;
@@ -145,13 +156,9 @@ pub(crate) fn launch(
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v);
+        .map_or(OsStr::new(DEFAULT_PATH), |(_, v)| v.as_os_str());
     let program = find_program(argv0, path, dir.as_deref())?;
-    let stop_signal = match &spec.stop_signal {
-        None => libc::SIGTERM,
-        Some(name) => sys::parse_signal(name)
-            .ok_or_else(|| invalid(format!("unknown stop signal {name:?}")))?,
-    };
+    let stop_signal = spec.stop_signal.unwrap_or(Signal::TERM);
     for limit in &spec.rlimits {
         if limit.soft > limit.hard {
             return Err(invalid(format!(
@@ -167,19 +174,28 @@ pub(crate) fn launch(
         Some(check) => Some(Arc::new(health_plan(check, path, dir.as_deref())?)),
         None => None,
     };
+    let (credentials, groups) =
+        match credentials(spec.user.as_deref(), spec.group.as_deref(), &spec.groups)? {
+            Some(Credentials { uid, gid, groups }) => (Some((uid, gid)), groups),
+            None => (None, Vec::new()),
+        };
     Ok(Launch {
         program,
         argv: spec.command.clone(),
         env,
         dir,
-        credentials: credentials(spec.user.as_deref(), spec.group.as_deref())?,
+        credentials,
+        groups,
         stop_signal,
+        signal_target: spec.signal_target,
         stop_grace,
         rlimits: spec.rlimits.clone(),
         limits: Limits::default(),
         stdin: spec.stdin.clone(),
         stdout: spec.stdout.clone(),
         stderr: spec.stderr.clone(),
+        extra_fds: spec.extra_fds.clone(),
+        foreground: spec.foreground,
         health,
     })
 }
@@ -192,15 +208,16 @@ const HEALTH_RETRIES: u32 = 3;
 
 /// Validates a health check: a probe that exists, durations above zero, at least
 /// one retry; Docker's defaults for what is not set.
-fn health_plan(check: &HealthCheck, path: &str, dir: Option<&Path>) -> Result<HealthPlan, Error> {
+fn health_plan(check: &HealthCheck, path: &OsStr, dir: Option<&Path>) -> Result<HealthPlan, Error> {
+    let blank = |line: &OsStr| line.as_bytes().iter().all(u8::is_ascii_whitespace);
     let argv = match &check.test {
         HealthTest::Command(argv) if argv.first().is_some_and(|a| !a.is_empty()) => argv.clone(),
-        HealthTest::Shell(line) if !line.trim().is_empty() => {
-            vec!["sh".to_owned(), "-c".to_owned(), line.clone()]
+        HealthTest::Shell(line) if !blank(line) => {
+            vec!["sh".into(), "-c".into(), line.clone()]
         }
         _ => return Err(invalid("the health check's probe command is empty")),
     };
-    if argv.iter().any(|a| a.contains('\0')) {
+    if argv.iter().any(|a| has_nul(a)) {
         return Err(invalid("the health check's probe command contains NUL"));
     }
     let program = find_program(&argv[0], path, dir).map_err(|e| match e {
@@ -245,46 +262,56 @@ fn health_plan(check: &HealthCheck, path: &str, dir: Option<&Path>) -> Result<He
 /// then the spec's entries, then ours (later entries win).
 fn environment(
     spec: &ProcessSpec,
-    extra: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, Error> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |key: String, value: String| set_var(&mut env, &key, value);
+    extra: Vec<(OsString, OsString)>,
+) -> Result<Vec<(OsString, OsString)>, Error> {
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut set = |key: OsString, value: OsString| set_var(&mut env, &key, value);
     if spec.inherit_env {
-        std::env::vars().for_each(|(k, v)| set(k, v));
+        std::env::vars_os().for_each(|(k, v)| set(k, v));
     } else {
         set("PATH".into(), DEFAULT_PATH.into());
     }
-    for (index, entry) in spec.env.iter().enumerate() {
-        // The entry is not echoed: its value may be a credential.
-        let parsed = entry
-            .split_once('=')
-            .filter(|(key, _)| !key.is_empty() && !entry.contains('\0'));
-        let Some((key, value)) = parsed else {
-            return Err(invalid(format!("env entry {index} is not KEY=VALUE")));
-        };
-        set(key.to_owned(), value.to_owned());
+    for (index, (key, value)) in spec.env.iter().enumerate() {
+        // Neither is echoed: the value may be a credential, the name says which.
+        let key_bytes = key.as_bytes();
+        if key_bytes.is_empty() || key_bytes.contains(&b'=') || has_nul(key) {
+            return Err(invalid(format!(
+                "env entry {index}: the name is empty or holds '=' or NUL"
+            )));
+        }
+        if has_nul(value) {
+            return Err(invalid(format!("env entry {index}: the value holds NUL")));
+        }
+        set(key.clone(), value.clone());
     }
     extra.into_iter().for_each(|(k, v)| set(k, v));
     Ok(env)
 }
 
+fn has_nul(text: &OsStr) -> bool {
+    text.as_bytes().contains(&0)
+}
+
 /// Finds `name` as `execvp` would, but up front, so that a missing program rejects
 /// the task instead of failing it at start.
-fn find_program(name: &str, path: &str, dir: Option<&Path>) -> Result<PathBuf, Error> {
-    if name.contains('/') {
+fn find_program(name: &OsStr, path: &OsStr, dir: Option<&Path>) -> Result<PathBuf, Error> {
+    let shown = name.to_string_lossy().into_owned();
+    let name_bytes = name.as_bytes();
+    if name_bytes.contains(&b'/') {
         let candidate = match dir {
-            Some(dir) if !name.starts_with('/') => dir.join(name),
+            Some(dir) if !name_bytes.starts_with(b"/") => dir.join(name),
             _ => PathBuf::from(name),
         };
         return match executable(&candidate) {
             Some(true) => Ok(candidate),
-            Some(false) => Err(Error::ProgramNotExecutable(name.to_owned())),
-            None => Err(Error::ProgramNotFound(name.to_owned())),
+            Some(false) => Err(Error::ProgramNotExecutable(shown)),
+            None => Err(Error::ProgramNotFound(shown)),
         };
     }
     let mut found_unexecutable = false;
-    for entry in path.split(':').filter(|e| !e.is_empty()) {
-        let candidate = Path::new(entry).join(name);
+    let entries = path.as_bytes().split(|b| *b == b':');
+    for entry in entries.filter(|e| !e.is_empty()) {
+        let candidate = Path::new(OsStr::from_bytes(entry)).join(name);
         match executable(&candidate) {
             Some(true) => return Ok(candidate),
             Some(false) => found_unexecutable = true,
@@ -292,9 +319,9 @@ fn find_program(name: &str, path: &str, dir: Option<&Path>) -> Result<PathBuf, E
         }
     }
     if found_unexecutable {
-        Err(Error::ProgramNotExecutable(name.to_owned()))
+        Err(Error::ProgramNotExecutable(shown))
     } else {
-        Err(Error::ProgramNotFound(name.to_owned()))
+        Err(Error::ProgramNotFound(shown))
     }
 }
 
@@ -304,37 +331,82 @@ fn executable(path: &Path) -> Option<bool> {
     Some(meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, Error> {
-    if user.is_none() && group.is_none() {
+/// Who a program runs as.
+struct Credentials {
+    uid: u32,
+    gid: u32,
+    /// Supplementary groups.
+    groups: Vec<u32>,
+}
+
+/// The credentials `user`, `group` and `extra` name, as Docker resolves them: a
+/// user by name or id (a numeric one needs no entry in the user database; then
+/// its group is 0, unless `group` says), its primary group unless `group` names
+/// another, the supplementary groups the group database gives a user with an
+/// entry (as `initgroups` would) and `extra`. `None` when nothing is named.
+fn credentials(
+    user: Option<&str>,
+    group: Option<&str>,
+    extra: &[String],
+) -> Result<Option<Credentials>, Error> {
+    if user.is_none() && group.is_none() && extra.is_empty() {
         return Ok(None);
     }
-    let (uid, user_gid) = match user {
-        None => (sys::effective_uid(), None),
-        Some(user) => match user.parse::<u32>() {
-            Ok(uid) => (uid, None),
-            Err(_) => match sys::user_by_name(user) {
-                Ok(Some(entry)) => (entry.uid, Some(entry.gid)),
-                Ok(None) => return Err(invalid(format!("unknown user {user:?}"))),
-                Err(e) => return Err(invalid(format!("cannot look up user {user:?}: {e}"))),
-            },
-        },
+    let lookup = |user: &str| -> Result<Option<sys::UserEntry>, Error> {
+        let found = match user.parse::<u32>() {
+            Ok(uid) => sys::user_by_uid(uid),
+            Err(_) => sys::user_by_name(user),
+        };
+        found.map_err(|e| invalid(format!("cannot look up user {user:?}: {e}")))
     };
-    let gid = match group {
-        Some(group) => match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => match sys::lookup_group(group) {
-                Ok(Some(gid)) => gid,
-                Ok(None) => return Err(invalid(format!("unknown group {group:?}"))),
-                Err(e) => return Err(invalid(format!("cannot look up group {group:?}: {e}"))),
-            },
-        },
-        // A numeric uid brings no group of its own: keep it in the group of its id.
-        None => user_gid.unwrap_or(uid),
+    let entry = match user {
+        Some(user) => lookup(user)?,
+        None => None,
     };
+    let uid = match (user, &entry) {
+        (_, Some(entry)) => entry.uid,
+        (Some(user), None) => user
+            .parse::<u32>()
+            .map_err(|_| invalid(format!("unknown user {user:?}")))?,
+        (None, None) => sys::effective_uid(),
+    };
+    let gid = match (group, &entry) {
+        (Some(group), _) => group_id(group)?,
+        (None, Some(entry)) => entry.gid,
+        // A numeric uid with no entry is in group 0, as Docker has it.
+        (None, None) if user.is_some() => 0,
+        (None, None) => sys::effective_gid(),
+    };
+    let mut groups = match &entry {
+        Some(entry) => sys::group_list(&entry.name, gid).map_err(|e| {
+            invalid(format!(
+                "cannot look up the groups of user {:?}: {e}",
+                entry.name
+            ))
+        })?,
+        None => Vec::new(),
+    };
+    for group in extra {
+        groups.push(group_id(group)?);
+    }
+    groups.sort_unstable();
+    groups.dedup();
     if sys::effective_uid() != 0 {
         return Err(invalid("running as another user or group needs root"));
     }
-    Ok(Some((uid, gid)))
+    Ok(Some(Credentials { uid, gid, groups }))
+}
+
+/// The id of the group `group`, a name or a number (which needs no entry).
+fn group_id(group: &str) -> Result<u32, Error> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match sys::lookup_group(group) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(invalid(format!("unknown group {group:?}"))),
+        Err(e) => Err(invalid(format!("cannot look up group {group:?}: {e}"))),
+    }
 }
 
 fn check_references(spec: &ProcessSpec) -> Result<(), Error> {

@@ -32,6 +32,7 @@
 //! that a slow cgroup never delays a spawn or a wake-up. Commands reach it through
 //! a channel and an eventfd, whose writes never block.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -47,6 +48,7 @@ use parking_lot::Mutex;
 use super::cgroup::TaskCgroup;
 use super::chores::Chores;
 use super::logs::LogBuffer;
+use super::orphans::Adopter;
 use super::sys::{self, CgroupJoin, EventFd, SpawnError, SpawnPlan};
 use crate::api::{LogStream, ResourceUsage};
 use crate::{CancelToken, Error};
@@ -176,6 +178,25 @@ impl Process {
         kill_group(self.pid, signal)
     }
 
+    /// Sends `signal` to the process alone, unless it has been reaped (see
+    /// [`signal_group`](Process::signal_group)).
+    pub(crate) fn signal_process(&self, signal: libc::c_int) -> io::Result<()> {
+        let reaped = self.reaped.lock();
+        if reaped.is_some() {
+            return Ok(());
+        }
+        match sys::kill_child(self.pid, signal) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// True while the process is stopped (job control), as procfs says.
+    pub(crate) fn is_stopped(&self) -> bool {
+        let reaped = self.reaped.lock();
+        reaped.is_none() && sys::is_stopped(self.pid)
+    }
+
     /// Kills every process of the task: its whole cgroup where it has one (so
     /// that descendants in other sessions or groups go too), and its group.
     pub(crate) fn kill_all(&self) -> io::Result<()> {
@@ -300,6 +321,16 @@ impl Drop for Process {
     }
 }
 
+/// The shorter of a poll timeout (milliseconds, -1 for none) and `limit`.
+fn shorter(timeout: libc::c_int, limit: Duration) -> libc::c_int {
+    let limit = limit.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    if timeout < 0 {
+        limit
+    } else {
+        timeout.min(limit)
+    }
+}
+
 /// Signals a group whose leader is our unreaped child (see the module docs); a
 /// group of which only the leader's zombie is left is no error.
 fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
@@ -325,6 +356,9 @@ enum Command {
     /// Stop reading the process's pipes: held open by a grandchild that escaped the
     /// group, they could otherwise stay with the reaper for good.
     Forget(Arc<Process>),
+    /// Reap adopted orphans now (for an adopting executor whose host heard a
+    /// SIGCHLD).
+    ReapOrphans,
 }
 
 struct SpawnRequest {
@@ -360,6 +394,8 @@ pub(crate) trait Observer: Send + Sync {
 pub(crate) struct Supervisor {
     exit_watch: ExitWatch,
     chores: Chores,
+    /// Whether the reaper adopts orphans (see the `orphans` module).
+    adopting: bool,
     reaper: Mutex<Option<ReaperHandle>>,
 }
 
@@ -379,7 +415,23 @@ impl Supervisor {
         Supervisor {
             exit_watch,
             chores,
+            adopting: false,
             reaper: Mutex::new(None),
+        }
+    }
+
+    /// Makes this process a subreaper, and the reaper reap every child that is
+    /// not its own (see the `orphans` module).
+    pub(crate) fn adopting_orphans(mut self) -> io::Result<Self> {
+        super::orphans::become_subreaper()?;
+        self.adopting = true;
+        Ok(self)
+    }
+
+    /// Has an adopting reaper look for orphans to reap now.
+    pub(crate) fn reap_orphans(&self) {
+        if self.adopting && self.ensure_running().is_ok() {
+            self.send(Command::ReapOrphans);
         }
     }
 
@@ -392,12 +444,15 @@ impl Supervisor {
         }
         let waker = Arc::new(EventFd::new()?);
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let reaper_of = Reaper::new(
+        let mut reaper_of = Reaper::new(
             commands_rx,
             Arc::clone(&waker),
             self.exit_watch,
             self.chores.clone(),
         );
+        if self.adopting {
+            reaper_of.adopter = Some(Adopter::new());
+        }
         let thread = std::thread::Builder::new()
             .name("swarmexec-reap".into())
             .spawn(move || reaper_of.run())?;
@@ -596,6 +651,10 @@ struct Reaper {
     /// For reading output: allocated by the first read, as a reaper that only
     /// reaps (every stream inherited) needs none.
     buf: Vec<u8>,
+    /// Reaps adopted orphans, when the executor adopts them.
+    adopter: Option<Adopter>,
+    /// Set when orphans should be looked for at once.
+    reap_orphans_now: bool,
 }
 
 /// What one entry of the poll set stands for.
@@ -621,6 +680,8 @@ impl Reaper {
             watched: Vec::new(),
             pending: Vec::new(),
             buf: Vec::new(),
+            adopter: None,
+            reap_orphans_now: false,
         }
     }
 
@@ -669,6 +730,10 @@ impl Reaper {
                 (false, false, false) => -1,
             };
             let timeout = self.until_pending(timeout);
+            let timeout = match &self.adopter {
+                Some(adopter) => shorter(timeout, adopter.within()),
+                None => timeout,
+            };
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!(target: "swarmexec", "reaper cannot poll: {e}");
                 std::thread::sleep(Duration::from_millis(EXIT_POLL_MS as u64));
@@ -680,7 +745,11 @@ impl Reaper {
                 }
                 match *source {
                     Source::Wake => {}
-                    Source::Exit(i) => self.exited(i),
+                    Source::Exit(i) => {
+                        self.exited(i);
+                        // What it leaves behind is ours now.
+                        self.reap_orphans_now = true;
+                    }
                     Source::Output(i, stream) => self.read_output(i, stream),
                 }
             }
@@ -694,6 +763,7 @@ impl Reaper {
             if fds[0].revents != 0 && !self.take_commands() {
                 return;
             }
+            self.reap_orphans();
             self.watched.retain(|w| !w.done());
         }
     }
@@ -706,6 +776,7 @@ impl Reaper {
             match self.commands.try_recv() {
                 Ok(Command::Spawn(request)) => self.spawn(*request),
                 Ok(Command::SpawnAt(at, request)) => self.pending.push((at, *request)),
+                Ok(Command::ReapOrphans) => self.reap_orphans_now = true,
                 Ok(Command::Forget(process)) => {
                     for w in self
                         .watched
@@ -790,6 +861,20 @@ impl Reaper {
         } else {
             timeout.min(wait)
         }
+    }
+
+    /// Reaps the orphans adopted, when adopting, now or when it is time.
+    fn reap_orphans(&mut self) {
+        let Some(adopter) = &mut self.adopter else {
+            return;
+        };
+        let own: HashSet<libc::pid_t> = self
+            .watched
+            .iter()
+            .filter(|w| !w.reaped)
+            .map(|w| w.process.pid())
+            .collect();
+        adopter.reap(std::mem::take(&mut self.reap_orphans_now), &own);
     }
 
     /// Spawns the pending requests whose time has come.
@@ -955,8 +1040,11 @@ mod tests {
             env: vec![],
             dir: None,
             credentials: None,
+            groups: vec![],
             rlimits: vec![],
             stdio: [stdin.into(), stdout, stderr],
+            extra_fds: vec![],
+            foreground: false,
             cgroups: Default::default(),
             tie: sys::Tie::DiesWithParent,
         }

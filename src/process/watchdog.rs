@@ -67,8 +67,11 @@ impl Watchdog {
             env: Vec::new(),
             dir: Some(c(b"/")?),
             credentials: None,
+            groups: Vec::new(),
             rlimits: Vec::new(),
             stdio: [read, stdout, stderr],
+            extra_fds: Vec::new(),
+            foreground: false,
             cgroups: Default::default(),
             // It must outlive us: that is what it is for.
             tie: Tie::Detached,

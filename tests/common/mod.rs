@@ -16,7 +16,7 @@ use swarmexec::{CancelToken, Controller};
 /// A spec running `command` directly.
 pub fn spec(command: &[&str]) -> ProcessSpec {
     ProcessSpec {
-        command: command.iter().map(|s| s.to_string()).collect(),
+        command: command.iter().map(|s| s.into()).collect(),
         ..Default::default()
     }
 }

@@ -6,16 +6,24 @@
 //! exits with the program's exit code, as `docker run` does (125 when swarmexec
 //! itself fails, 126 when the program cannot be executed, 127 when it is not found).
 //!
-//! The pieces: [`args`] reads the command line, [`run`] runs the task, [`signals`]
-//! turns the signals the command receives into messages (its `unsafe` calls are in
+//! The pieces: [`args`] reads the command line (the syntaxes of its values in
+//! [`values`], its texts in [`help`]), [`run`] runs the task and starts it again
+//! as asked, [`attempt`] follows one start of it, [`report`] says what happens,
+//! [`signals`] turns the signals the command receives into requests, and
+//! [`terminal`] hands the caller's terminal over (its `unsafe` calls are in
 //! [`sys`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod args;
+mod attempt;
+mod help;
+mod report;
 mod run;
 mod signals;
 mod sys;
+mod terminal;
+mod values;
 
 use std::process::ExitCode;
 

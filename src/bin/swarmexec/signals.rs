@@ -1,42 +1,68 @@
-//! The signals the command takes, as requests: blocked in every thread and read
-//! from a signalfd by the thread that follows the task, so that no handler runs,
-//! nothing async-signal-unsafe is ever needed, and no thread waits for signals
-//! alone. Programs the executor starts get every signal at its default and an
-//! empty mask whatever the command blocks.
+//! The signals the command takes: every catchable one, blocked in every thread
+//! and read from a signalfd by the thread that follows the task, so that no
+//! handler runs, nothing async-signal-unsafe is ever needed, and no signal can
+//! kill the command without its final line. Programs the executor starts get
+//! every signal at its default and an empty mask whatever the command blocks.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
+use swarmexec::api::Signal;
+
 use crate::sys::{SignalFd, SignalSet};
 
-/// What a signal asks of the running task.
+/// What a signal asks of the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
-    /// SIGINT, SIGTERM, SIGHUP: stop gracefully; a second one: kill at once.
-    Stop,
-    /// Pass the signal (named) on to the program's process group.
-    Forward(&'static str),
+    /// SIGTERM, what an orchestrator sends: stop the program gracefully; a
+    /// second one kills it.
+    Terminate,
+    /// SIGINT: passed on, but during a stop it kills at once.
+    Interrupt,
+    /// SIGTSTP, SIGTTIN, SIGTTOU: passed on, and once the program stops the run
+    /// stops too (see the `terminal` module).
+    Suspend(Signal),
+    /// SIGCONT: passed on to the program's whole group.
+    Continue,
+    /// SIGCHLD: a child stopped, continued or exited (an orphan, maybe).
+    Child,
+    /// SIGWINCH: the terminal's size changed; passed on where the program has it.
+    Resize,
+    /// Everything else: passed on to the program as received.
+    Pass(Signal),
+    /// SIGPIPE, SIGURG: the command's own, nothing to do.
+    Own,
 }
 
-/// The signals taken, and what each asks.
-const TAKEN: [(libc::c_int, Request); 7] = [
-    (libc::SIGINT, Request::Stop),
-    (libc::SIGTERM, Request::Stop),
-    (libc::SIGHUP, Request::Stop),
-    (libc::SIGQUIT, Request::Forward("SIGQUIT")),
-    (libc::SIGUSR1, Request::Forward("SIGUSR1")),
-    (libc::SIGUSR2, Request::Forward("SIGUSR2")),
-    (libc::SIGWINCH, Request::Forward("SIGWINCH")),
-];
+impl Request {
+    fn of(signal: Signal) -> Request {
+        match signal.number() {
+            libc::SIGTERM => Request::Terminate,
+            libc::SIGINT => Request::Interrupt,
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Request::Suspend(signal),
+            libc::SIGCONT => Request::Continue,
+            libc::SIGCHLD => Request::Child,
+            libc::SIGWINCH => Request::Resize,
+            libc::SIGPIPE | libc::SIGURG => Request::Own,
+            _ => Request::Pass(signal),
+        }
+    }
+}
+
+/// Every signal a process can catch: the standard ones but SIGKILL and SIGSTOP,
+/// and the real-time ones the C library leaves to programs.
+fn catchable() -> Vec<libc::c_int> {
+    let standard = (1..32).filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP);
+    standard.chain(Signal::rtmin()..=Signal::rtmax()).collect()
+}
 
 /// The signals the command takes, pending until taken.
 pub(crate) struct Signals(SignalFd);
 
-/// Blocks the signals the command takes. Call it before any other thread starts,
-/// so that every thread inherits the mask and no signal reaches a thread that
-/// would act on it by default.
+/// Blocks every catchable signal. Call it before any other thread starts, so that
+/// every thread inherits the mask and no signal reaches a thread that would act
+/// on it by default.
 pub(crate) fn take() -> std::io::Result<Signals> {
-    let numbers: Vec<libc::c_int> = TAKEN.iter().map(|(number, _)| *number).collect();
-    let set = SignalSet::of(&numbers);
+    let set = SignalSet::of(&catchable());
     set.block()?;
     Ok(Signals(set.descriptor()?))
 }
@@ -44,13 +70,11 @@ pub(crate) fn take() -> std::io::Result<Signals> {
 impl Signals {
     /// What the next pending signal asks; `None` when none is pending.
     pub(crate) fn next(&self) -> std::io::Result<Option<Request>> {
-        while let Some(signal) = self.0.take()? {
-            let request = TAKEN.iter().find(|(number, _)| *number == signal);
-            if let Some((_, request)) = request {
-                return Ok(Some(*request));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .0
+            .take()?
+            .and_then(Signal::from_number)
+            .map(Request::of))
     }
 }
 

@@ -151,6 +151,61 @@ pub(crate) fn default_sigchld() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `fd` is a terminal.
+pub(crate) fn is_terminal(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: isatty takes a descriptor.
+    unsafe { libc::isatty(fd.as_raw_fd()) == 1 }
+}
+
+/// The foreground process group of the terminal `fd`.
+pub(crate) fn foreground_group(fd: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
+    // SAFETY: tcgetpgrp takes a descriptor.
+    let group = unsafe { libc::tcgetpgrp(fd.as_raw_fd()) };
+    if group < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(group)
+}
+
+/// Makes `group` the foreground process group of the terminal `fd`. Allowed to
+/// a background group because the command blocks SIGTTOU in every thread.
+pub(crate) fn set_foreground_group(fd: BorrowedFd<'_>, group: libc::pid_t) -> io::Result<()> {
+    // SAFETY: tcsetpgrp takes a descriptor and a process group id.
+    if unsafe { libc::tcsetpgrp(fd.as_raw_fd(), group) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's process group.
+pub(crate) fn own_group() -> libc::pid_t {
+    // SAFETY: getpgrp cannot fail.
+    unsafe { libc::getpgrp() }
+}
+
+/// Stops this whole process, as a job stops (SIGSTOP, which cannot be blocked);
+/// returns once it is continued.
+pub(crate) fn stop_self() {
+    // SAFETY: kill takes two integers; the signal is ours.
+    unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+}
+
+/// The descriptors 3 to 3 + `count` - 1 this process was started with, taken
+/// over; refused, naming it, when one is not open.
+pub(crate) fn inherited_fds(count: u32) -> Result<Vec<OwnedFd>, String> {
+    (3..3 + count as libc::c_int)
+        .map(|fd| {
+            // SAFETY: F_GETFD only asks whether `fd` is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!("--preserve-fds: descriptor {fd} is not open"));
+            }
+            // SAFETY: an open descriptor the command was given and nothing else
+            // in it owns (the command opens nothing before taking these).
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
+}
+
 /// Takes ownership of a descriptor a call returned, or of its error (-1).
 fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {

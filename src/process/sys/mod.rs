@@ -111,6 +111,63 @@ pub(super) fn kill_group(pgid: libc::pid_t, signal: libc::c_int) -> io::Result<(
     check(unsafe { libc::killpg(pgid, signal) }.into()).map(drop)
 }
 
+/// Sends `signal` to our child `pid`, under the same condition as
+/// [`kill_group`]: it is unreaped, so the pid is still its own.
+pub(super) fn kill_child(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    check(unsafe { libc::kill(pid, signal) }.into()).map(drop)
+}
+
+/// True while `pid` is stopped (state `T` or `t` in `/proc/<pid>/stat`).
+pub(super) fn is_stopped(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("T" | "t"))
+}
+
+/// Makes this process a child subreaper: orphaned descendants become its
+/// children instead of init's.
+pub(super) fn become_subreaper() -> io::Result<()> {
+    let one = 1 as libc::c_ulong;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, one, 0, 0, 0) }.into()).map(drop)
+}
+
+/// This process's children, from every thread's `children` file in procfs
+/// (a child belongs to the thread that made it, or that adopted it).
+pub(super) fn children() -> Vec<libc::pid_t> {
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
+        .flat_map(|list| {
+            let pids: Vec<libc::pid_t> = list
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            pids
+        })
+        .collect()
+}
+
+/// Reaps our child `pid` if it has exited (its status is dropped); true if it
+/// did. For children that are no task of ours (see the `orphans` module).
+pub(super) fn reap_if_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain data for which all-zero bytes are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG;
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    let reaped = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // SAFETY: waitid filled `info` (or left it zeroed under WNOHANG).
+    reaped == 0 && unsafe { info.si_pid() } != 0
+}
+
 /// What the kernel counted for a reaped child (and the children it waited for).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Rusage {
@@ -203,6 +260,37 @@ pub(super) fn may_create_in(dir: &std::path::Path) -> bool {
 pub(super) fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() }
+}
+
+/// The effective group id of this process.
+pub(super) fn effective_gid() -> u32 {
+    // SAFETY: getegid cannot fail and touches no memory.
+    unsafe { libc::getegid() }
+}
+
+/// The groups the group database gives user `name` whose primary group is
+/// `gid` (`gid` among them), as `initgroups` would set them.
+pub(super) fn group_list(name: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let name = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut count = groups.len() as libc::c_int;
+        // SAFETY: `name` is a NUL-terminated string, and `groups` has room for
+        // `count` entries; the call writes at most that many, and sets `count`.
+        let ret =
+            unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        let count = usize::try_from(count).unwrap_or(0);
+        if ret >= 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        // Too small: `count` says how many there are (grow anyway, should it not).
+        if groups.len() >= 1 << 16 {
+            return Err(io::Error::other("more than 65536 groups"));
+        }
+        let grown = count.max(groups.len() * 2).min(1 << 16);
+        groups.resize(grown, 0);
+    }
 }
 
 /// A user's entry in the system's user database.
@@ -341,77 +429,4 @@ pub(super) fn describe_exhaustion(e: &io::Error) -> String {
         _ => return e.to_string(),
     };
     format!("{limit} ({e})")
-}
-
-/// The signal named `name`: `"SIGTERM"`, `"TERM"` or `"15"`, any case.
-pub(super) fn parse_signal(name: &str) -> Option<libc::c_int> {
-    if let Ok(number) = name.parse::<libc::c_int>() {
-        return (1..=libc::SIGRTMAX()).contains(&number).then_some(number);
-    }
-    let upper = name.to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS
-        .iter()
-        .find(|(known, _)| known.strip_prefix("SIG") == Some(bare))
-        .map(|(_, number)| *number)
-}
-
-/// The name of `signal`, such as `"SIGKILL"`, or `None` for one without a name.
-pub(super) fn signal_name(signal: libc::c_int) -> Option<&'static str> {
-    SIGNALS
-        .iter()
-        .find(|(_, number)| *number == signal)
-        .map(|(name, _)| *name)
-}
-
-const SIGNALS: &[(&str, libc::c_int)] = &[
-    ("SIGHUP", libc::SIGHUP),
-    ("SIGINT", libc::SIGINT),
-    ("SIGQUIT", libc::SIGQUIT),
-    ("SIGILL", libc::SIGILL),
-    ("SIGTRAP", libc::SIGTRAP),
-    ("SIGABRT", libc::SIGABRT),
-    ("SIGBUS", libc::SIGBUS),
-    ("SIGFPE", libc::SIGFPE),
-    ("SIGKILL", libc::SIGKILL),
-    ("SIGUSR1", libc::SIGUSR1),
-    ("SIGSEGV", libc::SIGSEGV),
-    ("SIGUSR2", libc::SIGUSR2),
-    ("SIGPIPE", libc::SIGPIPE),
-    ("SIGALRM", libc::SIGALRM),
-    ("SIGTERM", libc::SIGTERM),
-    ("SIGSTKFLT", libc::SIGSTKFLT),
-    ("SIGCHLD", libc::SIGCHLD),
-    ("SIGCONT", libc::SIGCONT),
-    ("SIGSTOP", libc::SIGSTOP),
-    ("SIGTSTP", libc::SIGTSTP),
-    ("SIGTTIN", libc::SIGTTIN),
-    ("SIGTTOU", libc::SIGTTOU),
-    ("SIGURG", libc::SIGURG),
-    ("SIGXCPU", libc::SIGXCPU),
-    ("SIGXFSZ", libc::SIGXFSZ),
-    ("SIGVTALRM", libc::SIGVTALRM),
-    ("SIGPROF", libc::SIGPROF),
-    ("SIGWINCH", libc::SIGWINCH),
-    ("SIGIO", libc::SIGIO),
-    ("SIGPWR", libc::SIGPWR),
-    ("SIGSYS", libc::SIGSYS),
-];
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_short_name_and_number() {
-        for name in ["SIGTERM", "TERM", "term", "15", "SigTerm"] {
-            assert_eq!(parse_signal(name), Some(libc::SIGTERM), "{name}");
-        }
-        assert_eq!(parse_signal("KILL"), Some(libc::SIGKILL));
-        for bad in ["", "SIG", "TERMINATE", "0", "-1", "99", "SIGFOO"] {
-            assert_eq!(parse_signal(bad), None, "{bad}");
-        }
-        assert_eq!(signal_name(libc::SIGKILL), Some("SIGKILL"));
-        assert_eq!(signal_name(libc::SIGRTMIN()), None);
-    }
 }

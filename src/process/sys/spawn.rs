@@ -15,7 +15,13 @@
 //! go straight to the kernel: the C library's wrappers would signal the parent's
 //! other threads, which the child believes to be its own. Every signal is blocked
 //! from before the clone until the child has reset every disposition to its
-//! default, so that no handler of the host runs in the child.
+//! default, so that no handler of the host runs in the child (and so that it may
+//! take its terminal's foreground, which SIGTTOU would otherwise stop).
+//!
+//! Only stdio and the descriptors the plan passes (as 3, 4, ...) reach the
+//! program: every other descriptor, whatever the host left open and not marked
+//! close-on-exec, is marked so in the child (`close_range`, or one by one on
+//! kernels before 5.11).
 
 use std::ffi::{c_void, CString};
 use std::io;
@@ -33,11 +39,17 @@ pub(crate) struct SpawnPlan {
     /// `KEY=VALUE` entries: the whole environment.
     pub(crate) env: Vec<CString>,
     pub(crate) dir: Option<CString>,
-    /// Uid and gid to switch to; supplementary groups are dropped.
+    /// Uid and gid to switch to, with `groups` as the supplementary groups.
     pub(crate) credentials: Option<(u32, u32)>,
+    pub(crate) groups: Vec<u32>,
     pub(crate) rlimits: Vec<Rlimit>,
     /// What becomes the program's stdin, stdout and stderr.
     pub(crate) stdio: [OwnedFd; 3],
+    /// What becomes the program's descriptors 3, 4, ...
+    pub(crate) extra_fds: Vec<OwnedFd>,
+    /// Makes the program's group the foreground group of the terminal that is
+    /// its stdin, if it is one.
+    pub(crate) foreground: bool,
     /// The cgroups the program joins before it executes.
     pub(crate) cgroups: CgroupJoin,
     /// Whether it dies with this process, or outlives it detached.
@@ -75,9 +87,18 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     dir: *const libc::c_char,
     credentials: Option<(u32, u32)>,
+    groups: *const libc::gid_t,
+    group_count: usize,
     rlimits: *const (super::ResourceId, libc::rlimit),
     rlimit_count: usize,
     stdio: [RawFd; 3],
+    extra: *const RawFd,
+    extra_count: usize,
+    foreground: bool,
+    /// The first descriptor that must not reach the program.
+    first_closed: RawFd,
+    /// Above what the one-by-one fallback to `close_range` gives up.
+    fd_limit: RawFd,
     cgroups: *const RawFd,
     cgroup_count: usize,
     tie: Tie,
@@ -169,14 +190,29 @@ fn launch(
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.env);
     let rlimits: Vec<_> = plan.rlimits.iter().map(rlimit_of).collect();
-    // Sources at 0, 1 or 2 (a host that closed its own) would be overwritten by the
-    // child's first dup2 before it reads them.
+    // Every descriptor the child reads from sits above those it writes (0 to 2,
+    // then 3 on for the extra ones): a source at 0, 1 or 2 (a host that closed
+    // its own), or among the extras' targets, would be overwritten before it is
+    // read. The error pipe too, which must outlive the extras' dup2.
+    let first_closed = RawFd::try_from(3 + plan.extra_fds.len())
+        .map_err(|_| SpawnError::setup(io::ErrorKind::InvalidInput.into()))?;
+    let lifted = |fd: &OwnedFd| above(fd, first_closed).map_err(SpawnError::setup);
     let stdio = [
-        above_stdio(&plan.stdio[0]).map_err(SpawnError::setup)?,
-        above_stdio(&plan.stdio[1]).map_err(SpawnError::setup)?,
-        above_stdio(&plan.stdio[2]).map_err(SpawnError::setup)?,
+        lifted(&plan.stdio[0])?,
+        lifted(&plan.stdio[1])?,
+        lifted(&plan.stdio[2])?,
     ];
-    let (error_read, error_write) = pipe().map_err(SpawnError::setup)?;
+    let extra: Vec<OwnedFd> = plan
+        .extra_fds
+        .iter()
+        .map(lifted)
+        .collect::<Result<_, _>>()?;
+    let extra_raw: Vec<RawFd> = extra.iter().map(AsRawFd::as_raw_fd).collect();
+    let (error_read, pipe_end) = pipe().map_err(SpawnError::setup)?;
+    // The pipe's own end goes now: the read sees end-of-file once the child's
+    // copy closes at exec.
+    let error_write = lifted(&pipe_end)?;
+    drop(pipe_end);
     let mut memory = Vec::with_capacity(CHILD_STACK);
     let stack = Stack::within(memory.spare_capacity_mut());
     let mut detached_memory = Vec::new();
@@ -190,6 +226,8 @@ fn launch(
         envp: envp.as_ptr(),
         dir: plan.dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
         credentials: plan.credentials,
+        groups: plan.groups.as_ptr(),
+        group_count: plan.groups.len(),
         rlimits: rlimits.as_ptr(),
         rlimit_count: rlimits.len(),
         stdio: [
@@ -197,6 +235,11 @@ fn launch(
             stdio[1].as_raw_fd(),
             stdio[2].as_raw_fd(),
         ],
+        extra: extra_raw.as_ptr(),
+        extra_count: extra_raw.len(),
+        foreground: plan.foreground,
+        first_closed,
+        fd_limit: open_file_limit(),
         cgroups: joins.as_ptr(),
         cgroup_count: joins.len(),
         tie: plan.tie,
@@ -321,7 +364,8 @@ fn set_up(args: &ChildArgs) -> Result<(), (SpawnStep, libc::c_int)> {
     let at = |step| move |errno| (step, errno);
     set_up_process(args).map_err(at(SpawnStep::Setup))?;
     if let Some((uid, gid)) = args.credentials {
-        set_credentials(uid, gid).map_err(at(SpawnStep::Credentials))?;
+        set_credentials(uid, gid, args.groups, args.group_count)
+            .map_err(at(SpawnStep::Credentials))?;
     }
     // As the task's user, so that the directory's permissions apply to it.
     if !args.dir.is_null() {
@@ -329,6 +373,7 @@ fn set_up(args: &ChildArgs) -> Result<(), (SpawnStep, libc::c_int)> {
         let entered = unsafe { libc::chdir(args.dir) };
         syscall_ok(entered.into()).map_err(at(SpawnStep::Chdir))?;
     }
+    close_the_rest(args);
     let empty: u64 = 0;
     let none = std::ptr::null_mut::<u64>();
     // SAFETY: an empty kernel signal set of 8 bytes, read by the kernel.
@@ -388,16 +433,54 @@ fn set_up_process(args: &ChildArgs) -> Result<(), libc::c_int> {
         // SAFETY: dup2 takes integers; the source is open, and above 2.
         syscall_ok(unsafe { libc::dup2(source, target as libc::c_int) }.into())?;
     }
+    for i in 0..args.extra_count {
+        // SAFETY: `extra` holds `extra_count` descriptors, each above every target.
+        let source = unsafe { *args.extra.add(i) };
+        // SAFETY: dup2 takes integers; the copy it makes is not close-on-exec.
+        syscall_ok(unsafe { libc::dup2(source, 3 + i as libc::c_int) }.into())?;
+    }
+    if args.foreground {
+        // Allowed from a background group because SIGTTOU is blocked here; a
+        // stdin that is no terminal (ENOTTY) has no foreground to take.
+        // SAFETY: getpgrp and ioctl(TIOCSPGRP) take integers and a live pid_t.
+        unsafe {
+            let group = libc::getpgrp();
+            libc::ioctl(0, libc::TIOCSPGRP, &group as *const libc::pid_t);
+        }
+    }
     Ok(())
 }
 
-/// Drops supplementary groups, then takes `gid` and `uid`, with raw system calls
-/// (see the module docs for why not the C library's wrappers).
-fn set_credentials(uid: u32, gid: u32) -> Result<(), libc::c_int> {
-    let zero = 0 as libc::c_long;
-    // SAFETY: set-id system calls with integer arguments and no memory.
+/// Marks every descriptor from `first_closed` on close-on-exec, so that none
+/// reaches the program: with one `close_range` where the kernel has it (5.11),
+/// else one by one up to the open-file limit.
+fn close_the_rest(args: &ChildArgs) {
+    let (first, all) = (args.first_closed as libc::c_uint, libc::c_uint::MAX);
+    // SAFETY: close_range takes integers; CLOEXEC closes nothing now.
+    let marked =
+        unsafe { libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) };
+    if marked == 0 {
+        return;
+    }
+    for fd in args.first_closed..args.fd_limit {
+        // SAFETY: fcntl with integers; a descriptor that is not open fails EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// Sets the supplementary groups (`count` of them at `groups`), then takes `gid`
+/// and `uid`, with raw system calls (see the module docs for why not the C
+/// library's wrappers).
+fn set_credentials(
+    uid: u32,
+    gid: u32,
+    groups: *const libc::gid_t,
+    count: usize,
+) -> Result<(), libc::c_int> {
+    // SAFETY: setgroups reads `count` gids from `groups`, which the parent keeps
+    // alive; the set-id calls take integers.
     unsafe {
-        syscall_ok(libc::syscall(libc::SYS_setgroups, zero, zero))?;
+        syscall_ok(libc::syscall(libc::SYS_setgroups, count, groups))?;
         syscall_ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long))?;
         syscall_ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long))
     }
@@ -445,12 +528,24 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     pointers.chain(std::iter::once(std::ptr::null())).collect()
 }
 
-/// A copy of `fd` numbered 3 or above (close-on-exec), or a plain copy.
-fn above_stdio(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor numbered 3 or above.
-    let copy = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) }.into())?;
+/// A copy of `fd` numbered `floor` or above, close-on-exec.
+fn above(fd: &OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor numbered `floor` or above.
+    let copy = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) }.into())?;
     // SAFETY: the new descriptor is ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+}
+
+/// The soft open-file limit, at most 65536: where the one-by-one fallback of
+/// [`close_the_rest`] stops.
+fn open_file_limit() -> RawFd {
+    // SAFETY: rlimit is plain data; getrlimit writes it whole or fails.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    RawFd::try_from(limit.rlim_cur.min(65536)).unwrap_or(65536)
 }
 
 /// A close-on-exec pipe: (read end, write end).
@@ -554,8 +649,11 @@ mod tests {
             env: vec![],
             dir: None,
             credentials: None,
+            groups: vec![],
             rlimits: vec![],
             stdio: [null(), write, null()],
+            extra_fds: vec![],
+            foreground: false,
             cgroups: CgroupJoin::default(),
             tie: Tie::DiesWithParent,
         };
@@ -609,8 +707,11 @@ mod tests {
             env: vec![],
             dir: None,
             credentials: None,
+            groups: vec![],
             rlimits: vec![],
             stdio: [input, stdout, stderr],
+            extra_fds: vec![],
+            foreground: false,
             cgroups: CgroupJoin::default(),
             tie: Tie::Detached,
         };
