@@ -277,6 +277,8 @@ impl StateDir {
         let failed = |e: io::Error| file_error("cannot remove", &path, &e);
         match self.dir.open_dir(OsStr::new(name)) {
             Ok(task_dir) => {
+                // The task's user can change nothing in it from now on.
+                task_dir.reclaim().map_err(failed)?;
                 for subdir in SUBDIRS {
                     task_dir
                         .remove_tree(OsStr::new(subdir), REMOVAL_DEPTH)

@@ -154,6 +154,9 @@ impl Dir {
         if depth == 0 {
             return Err(io::Error::other("directories nested too deep to remove"));
         }
+        // Taken back first: whoever owned it can add nothing to it from now on,
+        // so that the listing below is all there is.
+        inner.reclaim()?;
         for entry in inner.names()? {
             inner.remove_tree(&entry, depth - 1)?;
         }
@@ -191,6 +194,16 @@ impl Dir {
     /// Another descriptor of the same open directory.
     pub(crate) fn try_clone(&self) -> io::Result<Dir> {
         self.0.try_clone().map(Dir)
+    }
+
+    /// Takes the directory for this process's user, mode 0700: whoever owned it
+    /// can no longer add to it, or rename what is in it.
+    pub(crate) fn reclaim(&self) -> io::Result<()> {
+        // SAFETY: geteuid and getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        self.set_owner(uid, gid)?;
+        // SAFETY: fchmod takes a descriptor and a mode.
+        check(unsafe { libc::fchmod(self.raw(), 0o700) }.into()).map(drop)
     }
 
     /// Gives the directory to `uid` and `gid`.
