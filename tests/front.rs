@@ -8,7 +8,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{ChildStdout, Command, Output, Stdio};
+
+use common::Reaped;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
@@ -198,15 +200,17 @@ fn t_without_a_terminal_is_refused_as_docker_refuses_it() {
 const REPORTER: &str = "for s in $(seq 1 64); do trap \"echo got $s\" $s 2>/dev/null; done; \
                         echo ready; while :; do sleep 0.05 & wait $!; done";
 
-fn start_reporter(extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(BIN)
-        .args(["run", "-q", "--stop-grace", "1s"])
-        .args(extra)
-        .args(["--", "bash", "-c", REPORTER])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start_reporter(extra: &[&str]) -> (Reaped, BufReader<ChildStdout>) {
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["run", "-q", "--stop-grace", "1s"])
+            .args(extra)
+            .args(["--", "bash", "-c", REPORTER])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -268,12 +272,14 @@ fn a_sigint_is_passed_on_and_the_program_ends_as_it_chooses() {
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "got 2\n");
     // A program that exits cleanly on SIGINT ends the run with its own status.
-    let mut clean = Command::new(BIN)
-        .args(["run", "-q", "--", "sh", "-c"])
-        .arg("trap 'echo cleaned up; exit 0' INT; echo ready; sleep 30 & wait")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut clean = Reaped(
+        Command::new(BIN)
+            .args(["run", "-q", "--", "sh", "-c"])
+            .arg("trap 'echo cleaned up; exit 0' INT; echo ready; sleep 30 & wait")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut out = BufReader::new(clean.stdout.take().unwrap());
     let mut ready = String::new();
     out.read_line(&mut ready).unwrap();
@@ -292,13 +298,15 @@ fn signal_group_passes_signals_to_the_whole_group() {
     let script = "trap : USR1; sh -c 'trap \"echo child got USR1\" USR1; echo ready; \
                   while :; do sleep 0.05; done' & while :; do wait; done";
     for (flags, reaches_child) in [(&[][..], false), (&["--signal-group"][..], true)] {
-        let mut child = Command::new(BIN)
-            .args(["run", "-q", "--stop-grace", "1s"])
-            .args(flags)
-            .args(["--", "sh", "-c", script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Reaped(
+            Command::new(BIN)
+                .args(["run", "-q", "--stop-grace", "1s"])
+                .args(flags)
+                .args(["--", "sh", "-c", script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -488,15 +496,18 @@ fn restart_on_failure_backs_off_and_counts_its_restarts() {
     // A program that succeeds is not started again on-failure; always is until stopped.
     let once = swarmexec(&["run", "-q", "--restart", "on-failure", "--", "true"]);
     assert_eq!(once.status.code(), Some(0));
-    let always = Command::new(BIN)
-        .args(["run", "--restart", "always", "--", "sh", "-c", "sleep 0.05"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut always = Reaped(
+        Command::new(BIN)
+            .args(["run", "--restart", "always", "--", "sh", "-c", "sleep 0.05"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(700));
     send(always.id(), libc::SIGTERM);
-    let out = always.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(always.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    always.wait().unwrap();
     assert!(stderr.matches("RESTART").count() >= 2, "{stderr}");
 }
 
@@ -504,29 +515,31 @@ fn restart_on_failure_backs_off_and_counts_its_restarts() {
 fn name_pid_file_stop_timeout_ulimit_and_the_working_directories() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "-q",
-            "--name",
-            "my-task",
-            "--stop-timeout",
-            "1",
-            "--ulimit",
-            "nofile=100:200",
-        ])
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "echo $SWARMEXEC_TASK_ID $(ulimit -n) $(ulimit -Hn) $PWD; trap '' TERM; sleep 30",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args([
+                "run",
+                "-q",
+                "--name",
+                "my-task",
+                "--stop-timeout",
+                "1",
+                "--ulimit",
+                "nofile=100:200",
+            ])
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo $SWARMEXEC_TASK_ID $(ulimit -n) $(ulimit -Hn) $PWD; trap '' TERM; sleep 30",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

@@ -55,6 +55,16 @@ fn as_user(mut spec: ProcessSpec, user: &str) -> ProcessSpec {
     spec
 }
 
+/// A child process, killed and reaped when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_task_user_swapping_its_files_for_links_never_reaches_a_file_outside() {
     if !common::is_root() {
@@ -98,12 +108,14 @@ fn a_task_user_swapping_its_files_for_links_never_reaches_a_file_outside() {
         v = victim.display(),
         vd = victim_dir.display(),
     );
-    let mut attacker = Command::new("perl")
+    let attacker = Command::new("perl")
         .args(["-e", &attack])
         .uid(NOBODY)
         .gid(NOBODY)
         .spawn()
         .expect("perl runs");
+    // Killed however the test ends: it would spin on.
+    let attacker = KilledOnDrop(attacker);
 
     let cancel = CancelToken::new();
     for round in 0..200 {
@@ -130,8 +142,7 @@ fn a_task_user_swapping_its_files_for_links_never_reaches_a_file_outside() {
         assert!(victim_dir.join("keep").exists(), "round {round}");
         assert_eq!(fs::metadata(&victim_dir).unwrap().uid(), 0);
     }
-    attacker.kill().unwrap();
-    attacker.wait().unwrap();
+    drop(attacker);
     common::assert_no_task_dirs(&state, "every task directory deleted");
     let swapped = fs::read_to_string(&swaps).unwrap();
     assert!(
