@@ -653,3 +653,47 @@ fn quiet_runs_say_when_they_ran_out_of_memory() {
         text(&out.stderr)
     );
 }
+
+/// The state letter of `pid` in procfs (`T` when stopped).
+fn state_of(pid: u32) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn a_stop_signal_sent_to_the_run_stops_the_program_and_the_run_and_sigcont_resumes_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut run = Reaped(
+        Command::new(BIN)
+            .args(["run", "-q", "--pid-file"])
+            .arg(&pid_file)
+            .args(["--", "sh", "-c", "echo ready; sleep 0.6; echo done"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(run.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    eventually("the pid file", Duration::from_secs(5), || pid_file.exists());
+    let program: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    send(run.id(), libc::SIGTSTP);
+    eventually("the program to stop", Duration::from_secs(5), || {
+        state_of(program) == "T"
+    });
+    eventually("the run to stop", Duration::from_secs(5), || {
+        state_of(run.id()) == "T"
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    send(run.id(), libc::SIGCONT);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "done\n");
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+}
