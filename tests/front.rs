@@ -200,12 +200,15 @@ fn t_without_a_terminal_is_refused_as_docker_refuses_it() {
 const REPORTER: &str = "for s in $(seq 1 64); do trap \"echo got $s\" $s 2>/dev/null; done; \
                         echo ready; while :; do sleep 0.05 & wait $!; done";
 
-fn start_reporter(extra: &[&str]) -> (Reaped, BufReader<ChildStdout>) {
+/// `swarmexec run` with `flags`, then `program`; returns once the program has
+/// printed its first line, `ready`.
+fn start_until_ready(flags: &[&str], program: &[&str]) -> (Reaped, BufReader<ChildStdout>) {
     let mut child = Reaped(
         Command::new(BIN)
-            .args(["run", "-q", "--stop-grace", "1s"])
-            .args(extra)
-            .args(["--", "bash", "-c", REPORTER])
+            .args(["run", "-q"])
+            .args(flags)
+            .arg("--")
+            .args(program)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -216,6 +219,12 @@ fn start_reporter(extra: &[&str]) -> (Reaped, BufReader<ChildStdout>) {
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
     (child, stdout)
+}
+
+fn start_reporter(extra: &[&str]) -> (Reaped, BufReader<ChildStdout>) {
+    let mut flags = vec!["--stop-grace", "1s"];
+    flags.extend_from_slice(extra);
+    start_until_ready(&flags, &["bash", "-c", REPORTER])
 }
 
 fn send(pid: u32, signal: i32) {
@@ -272,17 +281,8 @@ fn a_sigint_is_passed_on_and_the_program_ends_as_it_chooses() {
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "got 2\n");
     // A program that exits cleanly on SIGINT ends the run with its own status.
-    let mut clean = Reaped(
-        Command::new(BIN)
-            .args(["run", "-q", "--", "sh", "-c"])
-            .arg("trap 'echo cleaned up; exit 0' INT; echo ready; sleep 30 & wait")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = BufReader::new(clean.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
+    let script = "trap 'echo cleaned up; exit 0' INT; echo ready; sleep 30 & wait";
+    let (mut clean, mut out) = start_until_ready(&[], &["sh", "-c", script]);
     send(clean.id(), libc::SIGINT);
     let mut rest = String::new();
     out.read_line(&mut rest).unwrap();
@@ -298,18 +298,9 @@ fn signal_group_passes_signals_to_the_whole_group() {
     let script = "trap : USR1; sh -c 'trap \"echo child got USR1\" USR1; echo ready; \
                   while :; do sleep 0.05; done' & while :; do wait; done";
     for (flags, reaches_child) in [(&[][..], false), (&["--signal-group"][..], true)] {
-        let mut child = Reaped(
-            Command::new(BIN)
-                .args(["run", "-q", "--stop-grace", "1s"])
-                .args(flags)
-                .args(["--", "sh", "-c", script])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        let mut all = vec!["--stop-grace", "1s"];
+        all.extend_from_slice(flags);
+        let (mut child, mut out) = start_until_ready(&all, &["sh", "-c", script]);
         send(child.id(), libc::SIGUSR1);
         std::thread::sleep(Duration::from_millis(300));
         send(child.id(), libc::SIGTERM);
