@@ -9,7 +9,9 @@
 //!   are `RUNNING`, then until all are `SHUTDOWN` after one desired-state change; the
 //!   peak thread count and resident memory per task.
 //!
-//! `-- --json` prints one JSON object per row.
+//! `health_1000` runs in a fresh process of its own, so that its thread baseline
+//! is taken in the same state as the row. `-- --json` prints Bencher's metric
+//! format (the latency rows).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 use swarmexec::agent::{AssignmentChanges, Worker};
 use swarmexec::api::*;
+use swarmexec::bench::{median_with_interval, time, verdict, Output, Report};
 use swarmexec::process::ProcessController;
 use swarmexec::process::ProcessExecutor;
 use swarmexec::{CancelToken, Controller, Error, Executor, StubExecutor};
@@ -58,11 +61,7 @@ fn listened(
     (worker, listener, rx)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn stub_lifecycle() -> (f64, f64) {
+fn stub_lifecycle() -> Vec<f64> {
     let (worker, _listener, completed) =
         listened(Arc::new(StubExecutor::new()), TaskState::Completed);
     let mut samples = Vec::new();
@@ -79,8 +78,7 @@ fn stub_lifecycle() -> (f64, f64) {
             samples.push((done - start).as_nanos() as f64);
         }
     }
-    samples.sort_by(f64::total_cmp);
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    samples
 }
 
 fn stub_10000() -> f64 {
@@ -211,11 +209,46 @@ fn raise_fd_limit() {
     }
 }
 
+/// What `health_1000` found, in a process of its own.
+struct HealthFigures {
+    /// The most threads with 1,000 tasks and no health checks.
+    baseline_threads: usize,
+    /// The most with the same tasks probed.
+    probed_threads: usize,
+    /// How late each probe was against its schedule, in nanoseconds.
+    delays: Vec<f64>,
+}
+
+/// `health_1000`, run in a fresh process (this bench, asked with
+/// `--health-only`), so that its baseline is taken in the same state as the row:
+/// no pool threads left over from the rows before.
+fn health_1000_fresh() -> HealthFigures {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--health-only")
+        .output()
+        .expect("the bench runs itself");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let mut count = || lines.next().and_then(|l| l.parse().ok()).expect("a count");
+    let (baseline_threads, probed_threads) = (count(), count());
+    let delays = lines.filter_map(|l| l.parse().ok()).collect();
+    HealthFigures {
+        baseline_threads,
+        probed_threads,
+        delays,
+    }
+}
+
 /// `health_1000`: 1,000 running tasks, each probed with `/bin/true` every 2 s,
-/// for 6 s. Returns the threads beyond those of the same tasks without health
-/// checks (the most seen either way), and the median delay of a probe against
-/// its schedule (the previous probe's end plus the interval).
-fn health_1000() -> (i64, f64) {
+/// for 6 s. Finds the most threads with the same tasks unprobed (for 2 s) and
+/// probed, and how late each probe was against its schedule (the previous
+/// probe's end plus the interval).
+fn health_1000() -> HealthFigures {
     raise_fd_limit();
     let dir = std::env::temp_dir().join(format!("swarmexec-health-bench-{}", std::process::id()));
     let executor = ProcessExecutor::new(&dir).unwrap();
@@ -267,73 +300,83 @@ fn health_1000() -> (i64, f64) {
     drop(probed);
     drop(executor);
     let _ = std::fs::remove_dir_all(&dir);
-    delays.sort_by(f64::total_cmp);
-    let p50 = if delays.is_empty() {
-        f64::NAN
-    } else {
-        percentile(&delays, 0.5)
-    };
-    (with as i64 - without as i64, p50)
+    HealthFigures {
+        baseline_threads: without,
+        probed_threads: with,
+        delays,
+    }
 }
 
-fn main() {
-    let json = std::env::args().any(|a| a == "--json");
-    let (p50, p99) = stub_lifecycle();
+fn main() -> Result<(), Error> {
+    if std::env::args().any(|a| a == "--health-only") {
+        let health = health_1000();
+        println!("{}\n{}", health.baseline_threads, health.probed_threads);
+        health.delays.iter().for_each(|d| println!("{d}"));
+        return Ok(());
+    }
+    let output = Output::from_env()?;
+    let lifecycles = stub_lifecycle();
     let per_second = stub_10000();
     let process = process_1000();
-    let (extra_threads, probe_delay) = health_1000();
-    if json {
-        println!("{{\"name\":\"stub_lifecycle\",\"p50_ns\":{p50:.0},\"p99_ns\":{p99:.0}}}");
-        println!("{{\"name\":\"stub_10000\",\"lifecycles_per_s\":{per_second:.0}}}");
-        println!(
-            "{{\"name\":\"process_1000\",\"all_running_s\":{:.3},\"all_stopped_s\":{:.3},\"peak_threads\":{},\"bytes_per_task\":{:.0}}}",
-            process.all_running_s, process.all_stopped_s, process.peak_threads, process.bytes_per_task
-        );
-        println!(
-            "{{\"name\":\"health_1000\",\"extra_threads\":{extra_threads},\"probe_delay_p50_ns\":{probe_delay:.0}}}"
-        );
-        return;
+    let health = health_1000_fresh();
+    let reports = [
+        Report::of_samples("stub_lifecycle", lifecycles),
+        Report::of_samples("health_1000_probe_delay", health.delays.clone()),
+    ];
+    output.emit(&reports, &[])?;
+    if output.json {
+        return Ok(());
     }
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let met = |ok: bool| if ok { "met" } else { "missed" };
+    let (p50, low, high) = median_with_interval(&reports[0].rows[0].samples);
+    let (delay, delay_low, delay_high) = median_with_interval(&health.delays);
+    let extra_threads = health.probed_threads as i64 - health.baseline_threads as i64;
+    println!();
     println!("| row | figure | target |");
     println!("|---|---:|---|");
     println!(
-        "| stub_lifecycle p50 | {:.1} us | <= 30 us: {} |",
-        p50 / 1e3,
-        verdict(p50 <= 30e3)
+        "| stub_lifecycle p50 | {} (median's 95% range {} to {}) | <= 30 us: {} |",
+        time(p50),
+        time(low),
+        time(high),
+        verdict(low, high, 30e3)
     );
-    println!("| stub_lifecycle p99 | {:.1} us | |", p99 / 1e3);
     println!(
         "| stub_10000 | {per_second:.0} lifecycles/s | >= 50,000: {} |",
-        verdict(per_second >= 50_000.0)
+        met(per_second >= 50_000.0)
     );
     println!(
         "| process_1000 all running | {:.3} s | <= 3 s: {} |",
         process.all_running_s,
-        verdict(process.all_running_s <= 3.0)
+        met(process.all_running_s <= 3.0)
     );
     println!(
         "| process_1000 all stopped | {:.3} s | <= 2 s: {} |",
         process.all_stopped_s,
-        verdict(process.all_stopped_s <= 2.0)
+        met(process.all_stopped_s <= 2.0)
     );
     println!(
         "| process_1000 peak threads | {} | <= 1,016: {} |",
         process.peak_threads,
-        verdict(process.peak_threads <= 1_016)
+        met(process.peak_threads <= 1_016)
     );
     println!(
         "| process_1000 memory per task | {:.0} B | <= 65,536: {} |",
         process.bytes_per_task,
-        verdict(process.bytes_per_task <= 65_536.0)
+        met(process.bytes_per_task <= 65_536.0)
     );
     println!(
-        "| health_1000 extra threads | {extra_threads} | <= 16: {} |",
-        verdict(extra_threads <= 16)
+        "| health_1000 extra threads | {extra_threads} ({} probed against {} unprobed, in a fresh process) | <= 16: {} |",
+        health.probed_threads,
+        health.baseline_threads,
+        met(extra_threads <= 16)
     );
     println!(
-        "| health_1000 probe delay p50 | {:.1} ms | <= 25 ms: {} |",
-        probe_delay / 1e6,
-        verdict(probe_delay <= 25e6)
+        "| health_1000 probe delay p50 | {} (median's 95% range {} to {}) | <= 25 ms: {} |",
+        time(delay),
+        time(delay_low),
+        time(delay_high),
+        verdict(delay_low, delay_high, 25e6)
     );
+    Ok(())
 }

@@ -4,25 +4,26 @@
 //! - `cli_stream`: 200 MB of `yes` through the command into a pipe the bench reads
 //!   and discards; `direct_stream`: the same program run directly.
 //!
-//! Rows alternate within one run, so that both see the same machine. Where
+//! Rows run in turn, round by round (`swarmexec::bench`), so that both see the
+//! same machine; the verdicts come from the per-round differences and ratios. Where
 //! `taskset` can, the stream rows run their command on CPU 0 while the bench reads
 //! on CPU 1: left to the scheduler, where `yes`, `head` and the reader land
 //! (together or apart) alone moves a run between 0.1 and 0.2 s on two CPUs, which
 //! drowns what swarmexec adds; placed, both rows do the same work the same way.
-//! `-- --json` prints one JSON object per row.
+//! `-- --json` prints Bencher's metric format.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+
+use swarmexec::bench::{median_with_interval, verdict, Bench, Output, Variant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
 const TRUE_ROUNDS: usize = 300;
 const STREAM_ROUNDS: usize = 25;
 const STREAM: &str = "yes | head -c 200000000";
 
-/// Runs `program args` with stdout read and discarded; returns the nanoseconds.
-fn timed(program: &str, args: &[&str]) -> f64 {
-    let start = Instant::now();
+/// Runs `program args` with stdout read and discarded (all of it, or none).
+fn run_reading(program: &str, args: &[&str]) {
     let mut child = Command::new(program)
         .args(args)
         .stdout(Stdio::piped())
@@ -39,9 +40,7 @@ fn timed(program: &str, args: &[&str]) -> f64 {
         total += n;
     }
     assert!(child.wait().expect("wait").success());
-    let elapsed = start.elapsed().as_nanos() as f64;
     assert!(total == 0 || total == 200_000_000, "{total} bytes");
-    elapsed
 }
 
 /// Moves this (single-threaded) bench to CPU 1; false where it cannot (one CPU,
@@ -56,22 +55,19 @@ fn place_reader_on_cpu_1() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-fn main() {
-    let json = std::env::args().any(|a| a == "--json");
-    let (mut cli_true, mut direct_true, mut cli_stream, mut direct_stream) =
-        (vec![], vec![], vec![], vec![]);
-    for _ in 0..10 {
-        timed(BIN, &["run", "-q", "--", "/bin/true"]);
-    }
-    for _ in 0..TRUE_ROUNDS {
-        cli_true.push(timed(BIN, &["run", "-q", "--", "/bin/true"]));
-        direct_true.push(timed("/bin/true", &[]));
-    }
+fn main() -> Result<(), swarmexec::Error> {
+    let output = Output::from_env()?;
+    let run_true = || run_reading(BIN, &["run", "-q", "--", "/bin/true"]);
+    let direct_true = || run_reading("/bin/true", &[]);
+    let mut trues = [
+        Variant::each("direct_true", direct_true),
+        Variant::each("cli_true", run_true),
+    ];
+    let (mut reports, mut ratios) = Bench::new()
+        .warmup(10)
+        .rounds(TRUE_ROUNDS)
+        .compare(&mut trues)?;
+    drop(trues);
     let on_cpu_0: &[&str] = if place_reader_on_cpu_1() {
         &["taskset", "-c", "0"]
     } else {
@@ -79,37 +75,44 @@ fn main() {
     };
     let cli: Vec<&str> = [on_cpu_0, &[BIN, "run", "-q", "--", "sh", "-c", STREAM]].concat();
     let direct: Vec<&str> = [on_cpu_0, &["sh", "-c", STREAM]].concat();
-    for _ in 0..STREAM_ROUNDS {
-        cli_stream.push(timed(cli[0], &cli[1..]));
-        direct_stream.push(timed(direct[0], &direct[1..]));
-    }
-    let rows = [
-        ("cli_true", median(cli_true)),
-        ("direct_true", median(direct_true)),
-        ("cli_stream", median(cli_stream)),
-        ("direct_stream", median(direct_stream)),
+    let mut streams = [
+        Variant::each("direct_stream", || run_reading(direct[0], &direct[1..])),
+        Variant::each("cli_stream", || run_reading(cli[0], &cli[1..])),
     ];
-    if json {
-        for (name, ns) in rows {
-            println!("{{\"name\":\"{name}\",\"ns_per_op\":{ns:.0}}}");
-        }
-        return;
+    let (stream_reports, stream_ratios) = Bench::new()
+        .warmup(2)
+        .rounds(STREAM_ROUNDS)
+        .compare(&mut streams)?;
+    drop(streams);
+    reports.extend(stream_reports);
+    ratios.extend(stream_ratios);
+    output.emit(&reports, &ratios)?;
+    if output.json {
+        return Ok(());
     }
-    println!("| row | median |");
-    println!("|---|---:|");
-    for (name, ns) in rows {
-        println!("| {name} | {:.3} ms |", ns / 1e6);
-    }
-    let over = (rows[0].1 - rows[1].1) / 1e6;
-    let ratio = rows[2].1 / rows[3].1;
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    // What the command adds to a quick program, round by round.
+    let over: Vec<f64> = reports[1].rows[0]
+        .samples
+        .iter()
+        .zip(&reports[0].rows[0].samples)
+        .map(|(cli, direct)| cli - direct)
+        .collect();
+    let (over, low, high) = median_with_interval(&over);
     println!();
     println!(
-        "cli_true - direct_true = {over:.3} ms (target <= 2 ms: {})",
-        verdict(over <= 2.0)
+        "cli_true - direct_true = {:.3} ms, median's 95% range {:.3} to {:.3} (target <= 2 ms: {})",
+        over / 1e6,
+        low / 1e6,
+        high / 1e6,
+        verdict(low, high, 2e6)
     );
+    let stream = &ratios[1];
     println!(
-        "cli_stream / direct_stream = {ratio:.3} (target <= 1.1: {})",
-        verdict(ratio <= 1.1)
+        "cli_stream / direct_stream = {:.3}, median's 95% range {:.3} to {:.3} (target <= 1.1: {})",
+        stream.median,
+        stream.low,
+        stream.high,
+        stream.at_most(1.1)
     );
+    Ok(())
 }

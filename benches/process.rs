@@ -1,17 +1,18 @@
 //! The process executor against plain spawning: `cargo bench --bench process`.
 //!
 //! - `process_lifecycle`: `/bin/true` from `resolve` to `Completed` through
-//!   `do_task`, then `remove` and `close`, on an executor without cgroups.
+//!   `do_task`, then `remove` and `close`, on an executor without cgroups; its
+//!   steps each a row (`swarmexec::bench::Variant::executor`).
 //! - `contained_lifecycle`: the same in a cgroup of its own (no limits).
 //! - `limited_lifecycle`: the same with memory, CPU and pids limits.
-//! - `raw_spawn`: `Command::new("/bin/true").status()`, measured alternately with
-//!   the rows above in the same run, so all see the same machine.
+//! - `raw_spawn`: `Command::new("/bin/true").status()`, run in turn with the rows
+//!   above, round by round, so that each ratio is of the same machine.
 //! - `kill_tree`: from `terminate` to the terminal status of a task with 100
 //!   processes, half of them in sessions of their own.
 //! - `wait_wakeup`: from the kernel reporting a program's exit (seen by the bench's
 //!   own pidfd) to `wait` returning.
 //!
-//! `-- --json` prints one JSON object per row.
+//! `-- --json` prints Bencher's metric format.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 use swarmexec::api::{
     Limits, ProcessSpec, ResourceRequirements, Runtime, Task, TaskSpec, TaskState,
 };
+use swarmexec::bench::{time, Bench, Output, Report, Summary, Variant};
 use swarmexec::process::ProcessExecutor;
-use swarmexec::{do_task, resolve, CancelToken, Controller};
+use swarmexec::{CancelToken, Controller};
 
 const LIFECYCLE_ROUNDS: usize = 400;
 const WAKEUP_ROUNDS: usize = 300;
@@ -49,21 +51,6 @@ fn task(id: usize, command: &[&str], limits: Option<Limits>) -> Task {
         },
         ..Default::default()
     }
-}
-
-fn lifecycle(executor: &ProcessExecutor, id: usize, limits: Option<Limits>) {
-    let cancel = CancelToken::new();
-    let mut task = task(id, &["/bin/true"], limits);
-    let (status, controller) = resolve(&cancel, &task, executor);
-    task.status = status;
-    let controller = controller.expect("controller");
-    while task.status.state != TaskState::Completed {
-        let (status, result) = do_task(&cancel, &task, &*controller);
-        assert!(result.is_ok(), "{:?}", status);
-        task.status = status;
-    }
-    controller.remove(&cancel).expect("remove");
-    controller.close().expect("close");
 }
 
 /// Nanoseconds from `terminate` to the terminal status of a 100-process task.
@@ -139,148 +126,97 @@ fn wakeup(executor: &ProcessExecutor, id: usize) -> f64 {
     returned.saturating_duration_since(exited).as_nanos() as f64
 }
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
+/// A bound on a p99 that a row must meet.
+fn p99_verdict(summary: &Summary, bound: f64) -> String {
+    let met = if summary.p99 <= bound {
+        "met"
+    } else {
+        "missed"
+    };
+    format!("p99 {} (<= {}: {met})", time(summary.p99), time(bound))
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// A row: its samples, and its target as a ratio to `raw_spawn`'s median or a p99
-/// bound in nanoseconds.
-struct Row {
-    name: &'static str,
-    samples: Vec<f64>,
-    target: Target,
-}
-
-enum Target {
-    None,
-    RatioToRaw(f64),
-    P99Ns(f64),
-}
-
-fn main() {
-    let json = std::env::args().any(|a| a == "--json");
+fn main() -> Result<(), swarmexec::Error> {
+    let output = Output::from_env()?;
     let dir = std::env::temp_dir().join(format!("swarmexec-bench-{}", std::process::id()));
     let plain = ProcessExecutor::builder(dir.join("plain"))
         .without_cgroups()
-        .build()
-        .expect("executor");
-    let contained = ProcessExecutor::new(dir.join("contained")).expect("executor");
+        .build()?;
+    let contained = ProcessExecutor::new(dir.join("contained"))?;
     let has_cgroups = contained.containment().method != "process group";
     let limits = Limits {
         nano_cpus: 1_000_000_000,
         memory_bytes: 256 << 20,
         pids: 100,
     };
-    let can_limit = contained.containment().memory_limit
-        && contained.containment().cpu_limit
-        && contained.containment().pids_limit;
+    let c = contained.containment();
+    let can_limit = c.memory_limit && c.cpu_limit && c.pids_limit;
 
-    for i in 0..20 {
-        lifecycle(&plain, i, None);
-        raw_spawn();
+    // Every lifecycle row runs in turn with `raw_spawn`, round by round.
+    let true_task = |limits: Option<Limits>| move |i| task(i, &["/bin/true"], limits);
+    let mut variants = vec![
+        Variant::each("raw_spawn", raw_spawn),
+        Variant::executor("process_lifecycle", &plain, true_task(None)),
+    ];
+    if has_cgroups {
+        variants.push(Variant::executor(
+            "contained_lifecycle",
+            &contained,
+            true_task(None),
+        ));
     }
-    let (mut ours, mut boxed, mut limited, mut raw) = (vec![], vec![], vec![], vec![]);
-    let timed = |samples: &mut Vec<f64>, run: &dyn Fn()| {
-        let start = Instant::now();
-        run();
-        samples.push(start.elapsed().as_nanos() as f64);
-    };
-    for i in 0..LIFECYCLE_ROUNDS {
-        timed(&mut ours, &|| lifecycle(&plain, i, None));
-        if has_cgroups {
-            timed(&mut boxed, &|| lifecycle(&contained, i, None));
-        }
-        if can_limit {
-            timed(&mut limited, &|| lifecycle(&contained, i, Some(limits)));
-        }
-        timed(&mut raw, &raw_spawn);
+    if can_limit {
+        variants.push(Variant::executor(
+            "limited_lifecycle",
+            &contained,
+            true_task(Some(limits)),
+        ));
     }
-    let kills: Vec<f64> = if has_cgroups {
-        (0..KILL_ROUNDS).map(|i| kill_tree(&contained, i)).collect()
-    } else {
-        vec![]
-    };
+    let bench = Bench::new().warmup(20).rounds(LIFECYCLE_ROUNDS);
+    let (mut reports, ratios) = bench.compare(&mut variants)?;
+    drop(variants);
+    let mut extra = Vec::new();
+    if has_cgroups {
+        let kills: Vec<f64> = (0..KILL_ROUNDS).map(|i| kill_tree(&contained, i)).collect();
+        extra.push((Report::of_samples("kill_tree", kills), 50e6));
+    }
     let wakeups: Vec<f64> = (0..WAKEUP_ROUNDS).map(|i| wakeup(&plain, i)).collect();
+    extra.push((Report::of_samples("wait_wakeup", wakeups), 1e6));
     drop((plain, contained));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let rows = [
-        Row {
-            name: "process_lifecycle",
-            samples: sorted(ours),
-            target: Target::RatioToRaw(1.15),
-        },
-        Row {
-            name: "contained_lifecycle",
-            samples: sorted(boxed),
-            target: Target::RatioToRaw(1.25),
-        },
-        Row {
-            name: "limited_lifecycle",
-            samples: sorted(limited),
-            target: Target::RatioToRaw(2.0),
-        },
-        Row {
-            name: "raw_spawn",
-            samples: sorted(raw),
-            target: Target::None,
-        },
-        Row {
-            name: "kill_tree",
-            samples: sorted(kills),
-            target: Target::P99Ns(50e6),
-        },
-        Row {
-            name: "wait_wakeup",
-            samples: sorted(wakeups),
-            target: Target::P99Ns(1e6),
-        },
+    reports.extend(extra.iter().map(|(report, _)| report.clone()));
+    output.emit(&reports, &ratios)?;
+    if output.json {
+        return Ok(());
+    }
+    let targets = [
+        ("process_lifecycle", 1.15),
+        ("contained_lifecycle", 1.25),
+        ("limited_lifecycle", 2.0),
     ];
-    let raw_median = pct(&rows[3].samples, 0.5);
-    if json {
-        for row in rows.iter().filter(|r| !r.samples.is_empty()) {
+    println!();
+    println!("| row | target |");
+    println!("|---|---|");
+    for ratio in &ratios {
+        if let Some((_, target)) = targets.iter().find(|(n, _)| *n == ratio.name) {
             println!(
-                "{{\"name\":\"{}\",\"ns_per_op\":{:.0},\"p50_ns\":{:.0},\"p99_ns\":{:.0},\"allocs_per_op\":null}}",
-                row.name,
-                pct(&row.samples, 0.5),
-                pct(&row.samples, 0.5),
-                pct(&row.samples, 0.99)
+                "| {} | {:.3}x raw_spawn (<= {target}x: {}) |",
+                ratio.name,
+                ratio.median,
+                ratio.at_most(*target)
             );
         }
-        return;
     }
-    println!("| row | median | p50 | p99 | target |");
-    println!("|---|---:|---:|---:|---|");
-    for row in &rows {
-        if row.samples.is_empty() {
-            println!("| {} | n/a (no cgroups here) | | | |", row.name);
-            continue;
-        }
-        let us = |ns: f64| format!("{:.1} us", ns / 1000.0);
-        let (median, p99) = (pct(&row.samples, 0.5), pct(&row.samples, 0.99));
-        let verdict = |met: bool| if met { "met" } else { "MISSED" };
-        let target = match row.target {
-            Target::None => String::new(),
-            Target::RatioToRaw(most) => {
-                let ratio = median / raw_median;
-                format!(
-                    "{ratio:.3}x raw_spawn (<= {most}x: {})",
-                    verdict(ratio <= most)
-                )
-            }
-            Target::P99Ns(most) => format!("p99 <= {}: {}", us(most), verdict(p99 <= most)),
-        };
+    if !has_cgroups {
+        println!("| contained_lifecycle, limited_lifecycle, kill_tree | n/a (no cgroups here) |");
+    }
+    for (report, bound) in &extra {
         println!(
-            "| {} | {} | {} | {} | {target} |",
-            row.name,
-            us(median),
-            us(median),
-            us(p99)
+            "| {} | {} |",
+            report.name,
+            p99_verdict(&report.rows[0].latency, *bound)
         );
     }
+    Ok(())
 }

@@ -30,6 +30,7 @@
 //! - [`process::ProcessExecutor`] (Linux) runs tasks as supervised OS processes.
 //! - [`agent::Worker`] and [`agent::TaskManager`] keep calling `do_task` for every
 //!   task assigned to the node, on a shared pool of threads, and report statuses.
+//! - [`bench`](mod@bench) times a controller's lifecycle, step by step.
 //!
 //! # Driving a task
 //!
@@ -72,6 +73,34 @@
 //! returns [`Error::Canceled`] or [`Error::DeadlineExceeded`] makes [`do_task`]
 //! return [`Error::TaskRetry`] without recording an error on the task.
 //!
+//! # Benchmarking your controller
+//!
+//! [`bench::Bench`] drives any [`Controller`] (or the tasks of any [`Executor`])
+//! through [`do_task`] from `ASSIGNED` to a terminal state, round after round, and
+//! reports each transition's latency (count, median, p90, p99, p99.9, maximum;
+//! the clock's cost taken off) and, in a binary that installs
+//! [`bench::CountingAllocator`], its allocations. Variants run in turn, so that
+//! ratios are measured in one run, each with its spread and a verdict that says
+//! when the spread does not allow one:
+//!
+//! ```
+//! use swarmexec::api::{Task, TaskState};
+//! use swarmexec::bench::{Bench, Variant};
+//! use swarmexec::StubController;
+//!
+//! let mut task = Task { id: "t".into(), desired_state: TaskState::Running, ..Default::default() };
+//! task.status.state = TaskState::Assigned;
+//! let report = Bench::new().warmup(5).rounds(50)
+//!     .run(Variant::controller("stub", task, |_round| StubController::new()))?;
+//! let running = report.row("running").unwrap();
+//! assert_eq!(running.latency.count, 50);
+//! assert_eq!(running.allocations, None, "no counting allocator in this program");
+//! # Ok::<(), swarmexec::Error>(())
+//! ```
+//!
+//! See the [module](mod@bench) for a complete bench binary, Bencher's metric format
+//! and baselines.
+//!
 //! # Being a guest
 //!
 //! The crate never prints (it logs through the `log` crate, target `swarmexec`),
@@ -96,6 +125,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 mod cancel;
 mod controller;
 mod error;

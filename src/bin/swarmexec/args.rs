@@ -8,6 +8,7 @@ use swarmexec::api::{
     HealthCheck, HealthTest, InputSource, Limits, OutputSink, ProcessSpec, SignalTarget,
 };
 
+use crate::bench::BenchOptions;
 use crate::help;
 use crate::values::{self, RestartPolicy};
 
@@ -17,6 +18,7 @@ pub(crate) enum Command {
     Version,
     Describe,
     Run(Box<RunOptions>),
+    Bench(BenchOptions),
 }
 
 /// Everything `swarmexec run` was given.
@@ -76,6 +78,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Command, Usage> {
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(command)) if command == "run" => parse_run(parser),
         Some(Value(command)) if command == "describe" => parse_describe(parser),
+        Some(Value(command)) if command == "bench" => parse_bench(parser),
         Some(Value(command)) if command == "help" => parse_help(parser),
         Some(Value(command)) => Err(Usage::top(format!("unknown command {command:?}"))),
         Some(other) => Err(Usage::top(other.unexpected())),
@@ -100,10 +103,53 @@ fn parse_help(mut parser: lexopt::Parser) -> Result<Command, Usage> {
         None => Ok(Command::Help(help::TOP)),
         Some(Value(command)) if command == "run" => Ok(Command::Help(help::RUN)),
         Some(Value(command)) if command == "describe" => Ok(Command::Help(help::DESCRIBE)),
+        Some(Value(command)) if command == "bench" => Ok(Command::Help(help::BENCH)),
         Some(Value(command)) if command == "help" => Ok(Command::Help(help::TOP)),
         Some(Value(command)) => Err(Usage::top(format!("unknown command {command:?}"))),
         Some(other) => Err(Usage::top(other.unexpected())),
     }
+}
+
+fn parse_bench(mut parser: lexopt::Parser) -> Result<Command, Usage> {
+    use lexopt::prelude::*;
+    let bad = |problem: String| Usage {
+        problem,
+        hint: "swarmexec bench --help",
+    };
+    let mut options = BenchOptions {
+        command: Vec::new(),
+        runs: 200,
+        cgroups: true,
+        json: false,
+    };
+    while let Some(arg) = parser.next().map_err(|e| bad(e.to_string()))? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Command::Help(help::BENCH)),
+            Long("runs") => {
+                let text = string_value(&mut parser)?;
+                options.runs = text
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(format!("--runs expects a count, got {text:?}")))?;
+            }
+            Long("cgroups") => options.cgroups = true,
+            Long("no-cgroups") => options.cgroups = false,
+            Long("json") => options.json = true,
+            Value(program) => {
+                options.command.push(program);
+                let rest = parser.raw_args().map_err(|e| bad(e.to_string()))?;
+                options.command.extend(rest);
+            }
+            other => return Err(bad(other.unexpected().to_string())),
+        }
+    }
+    if options.command.is_empty() {
+        return Err(bad(
+            "no program given: swarmexec bench [OPTIONS] -- PROGRAM [ARGS...]".into(),
+        ));
+    }
+    Ok(Command::Bench(options))
 }
 
 fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {

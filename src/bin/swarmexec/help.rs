@@ -6,12 +6,14 @@ swarmexec: run programs as supervised tasks
 Usage:
   swarmexec run [OPTIONS] -- PROGRAM [ARGS...]
   swarmexec describe
+  swarmexec bench [OPTIONS] -- PROGRAM [ARGS...]
   swarmexec help [COMMAND]
   swarmexec --help | --version
 
 Commands:
   run       Run PROGRAM as a task and exit with its exit code
   describe  Print this node's description and what it can enforce
+  bench     Time each step of PROGRAM's lifecycle as a supervised task
   help      Print the help of a command
 
 Run 'swarmexec help COMMAND' for a command's options.";
@@ -120,3 +122,23 @@ Prints the node description the process executor reports (hostname, operating
 system, architecture, CPUs, memory), what this host enforces (how a task's
 processes are held together: cgroup v2, cgroup v1 freezer, or process group; and
 which limits can be set) and where task files go.";
+
+pub(crate) const BENCH: &str = "\
+Usage: swarmexec bench [OPTIONS] -- PROGRAM [ARGS...]
+
+Runs PROGRAM as a task of the process executor again and again (its output
+discarded) and prints, for each step of its lifecycle (accepted: the executor
+resolves a controller; preparing; ready: the spec checked; starting; running: the
+spawn; terminal: the program's run and its reaping; removal; and the whole
+lifecycle), the count, median, p90, p99, p99.9 and maximum latency: what
+supervision costs PROGRAM on this host. The clock's own cost is taken off every
+sample.
+
+Options:
+      --runs N          Timed lifecycles (default 200), after a tenth as many
+                        (at most 20) to warm up
+      --cgroups         Each run in a cgroup of its own, where the host has them
+                        (the default)
+      --no-cgroups      No cgroups: each run held by its process group only
+      --json            The rows in Bencher's metric format, one JSON document
+  -h, --help            Print this help";

@@ -17,6 +17,7 @@
 
 mod args;
 mod attempt;
+mod bench;
 mod help;
 mod report;
 mod run;
@@ -31,6 +32,10 @@ use args::Command;
 use swarmexec::process::ProcessExecutor;
 use swarmexec::{CancelToken, Executor};
 
+/// Counts allocations for `swarmexec bench`; the system allocator does the work.
+#[global_allocator]
+static ALLOCATOR: swarmexec::bench::CountingAllocator = swarmexec::bench::CountingAllocator;
+
 /// `docker run`'s exit codes for failures that are not the program's own.
 const EXIT_OWN_FAILURE: u8 = 125;
 const EXIT_CANNOT_EXECUTE: u8 = 126;
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         Ok(Command::Version) => println!("swarmexec {}", env!("CARGO_PKG_VERSION")),
         Ok(Command::Describe) => return describe(),
         Ok(Command::Run(options)) => return run::run(*options),
+        Ok(Command::Bench(options)) => return bench::bench(options),
         Err(usage) => {
             eprintln!("swarmexec: {}", usage.problem);
             eprintln!("Try '{}'.", usage.hint);
