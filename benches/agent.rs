@@ -27,6 +27,9 @@ use swarmexec::process::ProcessController;
 use swarmexec::process::ProcessExecutor;
 use swarmexec::{CancelToken, Controller, Error, Executor, StubExecutor};
 
+#[global_allocator]
+static ALLOCATOR: swarmexec::bench::CountingAllocator = swarmexec::bench::CountingAllocator;
+
 fn task(id: String, runtime: Option<Runtime>) -> Task {
     let mut task = Task {
         id,

@@ -27,6 +27,9 @@ use swarmexec::bench::{time, Bench, Output, Report, Summary, Variant};
 use swarmexec::process::ProcessExecutor;
 use swarmexec::{CancelToken, Controller};
 
+#[global_allocator]
+static ALLOCATOR: swarmexec::bench::CountingAllocator = swarmexec::bench::CountingAllocator;
+
 const LIFECYCLE_ROUNDS: usize = 400;
 const WAKEUP_ROUNDS: usize = 300;
 const KILL_ROUNDS: usize = 40;

@@ -343,7 +343,7 @@ impl TaskManager {
     /// two seconds at most, then left to finish on its thread (and logged).
     /// Idempotent; the controller itself is left open.
     pub fn close(&self) {
-        if !self.close_until(Instant::now() + STUCK_CALL_WAIT) {
+        if !self.close_until(crate::time::after(STUCK_CALL_WAIT)) {
             log::warn!(
                 target: "swarmexec",
                 "task {}: a controller call ignores cancellation; it is left to finish on its thread",

@@ -165,7 +165,7 @@ impl Pool {
             self.shared.state.lock().monitor_running = false;
             // Nothing else may come to retry: the timer will, if it runs.
             let retry: Weak<dyn Due> = self.shared.me.clone();
-            timer::schedule(Instant::now() + MONITOR_RETRY, retry);
+            timer::schedule(crate::time::after(MONITOR_RETRY), retry);
         }
     }
 
@@ -184,7 +184,7 @@ impl Pool {
                 }
             }
             let taken = state.taken;
-            let tick_end = Instant::now() + MONITOR_TICK;
+            let tick_end = crate::time::after(MONITOR_TICK);
             while !self
                 .shared
                 .starving

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -332,7 +332,7 @@ impl Worker {
         for (_, run) in &running {
             run.manager.cancel();
         }
-        let deadline = Instant::now() + STUCK_CALL_WAIT;
+        let deadline = crate::time::after(STUCK_CALL_WAIT);
         for (id, run) in &running {
             if !run.manager.close_until(deadline) {
                 log::warn!(target: "swarmexec", "task {id}: a controller call ignores cancellation; it is left to finish on its thread");
@@ -342,7 +342,7 @@ impl Worker {
         close_controllers(controllers.collect());
         inner.reports.state.lock().statuses.clear();
         inner.settled.notify_all();
-        let deadline = Instant::now() + STUCK_CALL_WAIT;
+        let deadline = crate::time::after(STUCK_CALL_WAIT);
         let mut assigned = inner.assigned.lock();
         while assigned.removing > 0 {
             if inner
@@ -640,7 +640,7 @@ fn close_controllers(controllers: Vec<(String, Arc<dyn Controller>)>) {
             let _ = done.send(());
         });
     }
-    let deadline = Instant::now() + STUCK_CALL_WAIT;
+    let deadline = crate::time::after(STUCK_CALL_WAIT);
     for _ in 0..jobs {
         if done_rx.recv_deadline(deadline).is_err() {
             log::warn!(target: "swarmexec", "controllers still closing; they are left to finish");

@@ -14,7 +14,7 @@
 //! comparison is made in one run on the same machine; each [`Ratio`] is the
 //! median of per-round ratios with its spread, and [`Ratio::at_most`] says
 //! "met", "missed" or "within noise: rerun" from the confidence range of that
-//! median. [`Output`] prints a table or Bencher's metric format (`--json`),
+//! median and a margin for what differs between runs ([`NOISE_MARGIN`]). [`Output`] prints a table or Bencher's metric format (`--json`),
 //! saves it (`--save FILE`) and says what regressed against a saved baseline
 //! (`--baseline FILE`, `--threshold PERCENT`).
 //!
@@ -58,7 +58,8 @@ mod sys;
 
 pub use allocations::CountingAllocator;
 pub use harness::{
-    clock_cost, median_with_interval, verdict, Bench, Ratio, Report, Row, Variant, Verdict, STEPS,
+    clock_cost, median_with_interval, verdict, Bench, Ratio, Report, Row, Variant, Verdict,
+    NOISE_MARGIN, STEPS,
 };
 pub use output::{regressions, table, time, to_json, Output, Regression};
 pub use stats::{percentile, Summary};

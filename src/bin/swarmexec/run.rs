@@ -225,6 +225,7 @@ impl RestartPolicy {
 /// Waits `delay` before a restart, taking signals meanwhile (there is no
 /// program to pass them to); true when one asked to stop.
 fn wait_out(signals: &Signals, delay: Duration) -> bool {
+    // At most RESTART_CAP: no overflow.
     let deadline = std::time::Instant::now() + delay;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
