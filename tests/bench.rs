@@ -23,8 +23,31 @@ fn assigned() -> Task {
     task
 }
 
+/// Counts are of every thread: the exact ones are taken in a process of their
+/// own, where no other test allocates meanwhile.
 #[test]
 fn allocations_are_counted_per_operation_when_the_allocator_is_installed() {
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(me)
+        .args([
+            "--exact",
+            "exact_allocation_counts",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[ignore = "run alone by allocations_are_counted_per_operation_when_the_allocator_is_installed"]
+fn exact_allocation_counts() {
     let bench = Bench::new().warmup(2).rounds(50);
     let report = bench
         .run(Variant::op("box", || drop(black_box(Box::new([0u8; 64])))))
