@@ -106,6 +106,7 @@ fn json_is_bencher_metric_format_and_a_baseline_finds_regressions() {
         ])
         .unwrap();
     let json = to_json(&reports, &ratios);
+    assert!(reports[0].to_json().contains("\"a/lifecycle\": {"));
     assert!(json.trim_start().starts_with('{') && json.trim_end().ends_with('}'));
     for key in [
         "\"a/accepted\": {",

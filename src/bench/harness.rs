@@ -476,6 +476,12 @@ impl Report {
         }
     }
 
+    /// This report alone in Bencher's metric format (see
+    /// [`to_json`](super::to_json) for several, with ratios).
+    pub fn to_json(&self) -> String {
+        super::to_json(std::slice::from_ref(self), &[])
+    }
+
     /// The row named `name`.
     pub fn row(&self, name: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.name == name)
