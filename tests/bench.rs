@@ -69,12 +69,9 @@ fn the_clock_is_taken_off_every_sample() {
         .run(Variant::each("nothing", || {}))
         .unwrap();
     let s = report.rows[0].latency;
-    // Nothing costs about nothing once the clock's cost is taken off.
-    assert!(
-        s.median <= clock / 2.0,
-        "{} against a clock of {clock}",
-        s.median
-    );
+    // Nothing costs about nothing once the clock's cost is taken off: less than
+    // reading the clock does (which a sample without the correction would show).
+    assert!(s.median < clock, "{} against a clock of {clock}", s.median);
     assert_eq!(report.clock_ns, report.clock_ns.max(0.0));
 }
 

@@ -94,8 +94,18 @@ impl<'a> Variant<'a> {
     /// precisely: for operations of nanoseconds to microseconds. One row, named
     /// after the variant.
     pub fn op(name: impl Into<String>, mut op: impl FnMut() + 'a) -> Variant<'a> {
-        let name = name.into();
         let batch = batch_for(&mut op);
+        Variant::batched(name.into(), op, batch)
+    }
+
+    /// One call of `op` a round, timed alone: for operations of a millisecond
+    /// or more (a spawn). One row, named after the variant.
+    pub fn each(name: impl Into<String>, op: impl FnMut() + 'a) -> Variant<'a> {
+        Variant::batched(name.into(), op, 1)
+    }
+
+    /// `batch` calls of `op` a round, timed together; each row per call.
+    fn batched(name: String, mut op: impl FnMut() + 'a, batch: u64) -> Variant<'a> {
         let run = move |_round: usize, clock: f64| {
             let counted = snapshot();
             let start = Instant::now();
@@ -120,29 +130,6 @@ impl<'a> Variant<'a> {
             name,
             run: Box::new(run),
             per_round: batch,
-        }
-    }
-
-    /// One call of `op` a round, timed alone: for operations of a millisecond
-    /// or more (a spawn). One row, named after the variant.
-    pub fn each(name: impl Into<String>, mut op: impl FnMut() + 'a) -> Variant<'a> {
-        let name = name.into();
-        let run = move |_round: usize, clock: f64| {
-            let counted = snapshot();
-            let start = Instant::now();
-            op();
-            let time = elapsed(start, clock);
-            let allocations = counted.zip(snapshot()).map(|(a, b)| vec![b.since(a)]);
-            Ok(Round {
-                times: vec![time],
-                allocations,
-            })
-        };
-        Variant {
-            rows: vec![name.clone()],
-            name,
-            run: Box::new(run),
-            per_round: 1,
         }
     }
 
@@ -633,6 +620,14 @@ mod tests {
             StubController::new()
         }));
         assert!(result.unwrap_err().to_string().contains("stopped in READY"));
+    }
+
+    #[test]
+    fn the_clock_is_taken_off_and_never_below_zero() {
+        let start = Instant::now();
+        let raw = start.elapsed().as_nanos() as f64;
+        assert_eq!(elapsed(start, f64::MAX), 0.0);
+        assert!(elapsed(start, 0.0) >= raw);
     }
 
     #[test]
