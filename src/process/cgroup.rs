@@ -173,6 +173,9 @@ struct Place {
     /// `<base>/<owner>`.
     dir: PathBuf,
     v2: bool,
+    /// The base is swarmexec's own (`swarmexec`, not a parent the caller gave):
+    /// whichever executor goes last removes it, whoever made it.
+    shared_base: bool,
     state: Mutex<PlaceState>,
 }
 
@@ -181,7 +184,8 @@ enum PlaceState {
     /// Not made yet, or making it failed (the next use tries again).
     Unmade,
     /// Made and locked; `created` are the directories above it that making it
-    /// created, the nearest first: only those are removed with it.
+    /// created, the nearest first (and the shared base, made or not): only those
+    /// are removed with it, each only when nothing else is in it.
     Made {
         _lock: OwnerLock,
         created: Vec<PathBuf>,
@@ -220,7 +224,7 @@ impl Place {
         // Another executor may remove the base, or take our directory for a dead
         // owner's, between our making it and locking it: try again twice.
         let mut tries = 0;
-        let (lock, created) = loop {
+        let (lock, mut created) = loop {
             tries += 1;
             let attempt = create_missing(base).and_then(|created| {
                 let base_dir = Dir::open(base)?;
@@ -233,6 +237,9 @@ impl Place {
                 Err(e) => return Err(fail(e)),
             }
         };
+        if self.shared_base && !created.iter().any(|d| d == base) {
+            created.insert(0, base.to_path_buf());
+        }
         *state = PlaceState::Made {
             _lock: lock,
             created,
@@ -327,6 +334,7 @@ impl Cgroups {
             Some(Arc::new(Place {
                 dir: base.join(owner.to_string()),
                 v2: hierarchy.v2,
+                shared_base: parent.is_none(),
                 state: Mutex::new(PlaceState::Unmade),
             }))
         };
