@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{alive, process_task, spec, started};
+use common::{alive, eventually, process_task, spec, started};
 use swarmexec::api::*;
 use swarmexec::process::{ProcessController, ProcessExecutor};
 use swarmexec::{CancelToken, Controller, Error};
@@ -31,14 +31,6 @@ fn with_limits(mut task: Task, limits: Limits) -> Task {
         ..Default::default()
     });
     task
-}
-
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Reads a pid a program wrote to `file`, waiting for it to appear.

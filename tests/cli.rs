@@ -8,24 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
-
-fn swarmexec(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("swarmexec runs")
-}
+use common::{swarmexec, text, BIN};
 
 fn code(output: &Output) -> i32 {
     output
         .status
         .code()
         .expect("swarmexec exits, it is not killed")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

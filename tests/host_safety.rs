@@ -14,24 +14,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{process_task, spec, started};
+use common::{eventually, process_task, spec, started, BIN};
 use swarmexec::agent::ManagerOptions;
 use swarmexec::api::*;
 use swarmexec::process::ProcessExecutor;
 use swarmexec::{is_temporary, CancelToken, Controller, Error, SecretsProvider};
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
-
 /// The task's user in these tests.
 const NOBODY: u32 = 65534;
-
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn with_secret(mut task: Task, executor: &ProcessExecutor, target: &str) -> Task {
     let secret = Secret {

@@ -206,3 +206,32 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// Waits, a little at a time, until `check` holds; fails the test, saying `what`,
+/// once `limit` has passed.
+pub fn eventually(what: &str, limit: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The `swarmexec` command built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_swarmexec");
+
+/// Runs `swarmexec args` to the end.
+pub fn swarmexec(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("swarmexec runs")
+}
+
+/// Bytes a program wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
