@@ -38,13 +38,15 @@ impl Adopter {
         POLL.saturating_sub(self.last.elapsed())
     }
 
-    /// Reaps every child that has exited and is not in `own`, when `now` (a
-    /// task exited, or someone said so) or when it is time.
-    pub(crate) fn reap(&mut self, now: bool, own: &HashSet<libc::pid_t>) {
+    /// Reaps every child that has exited and is not among those `own` lists,
+    /// when `now` (a task exited, or someone said so) or when it is time; `own`
+    /// is asked only then.
+    pub(crate) fn reap(&mut self, now: bool, own: impl FnOnce() -> HashSet<libc::pid_t>) {
         if !now && self.last.elapsed() < POLL {
             return;
         }
         self.last = Instant::now();
+        let own = own();
         let mut reaped = 0;
         for pid in sys::children() {
             if !own.contains(&pid) && sys::reap_if_exited(pid) {

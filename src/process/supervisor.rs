@@ -868,13 +868,12 @@ impl Reaper {
         let Some(adopter) = &mut self.adopter else {
             return;
         };
-        let own: HashSet<libc::pid_t> = self
-            .watched
-            .iter()
-            .filter(|w| !w.reaped)
-            .map(|w| w.process.pid())
-            .collect();
-        adopter.reap(std::mem::take(&mut self.reap_orphans_now), &own);
+        let watched = &self.watched;
+        let own = || -> HashSet<libc::pid_t> {
+            let running = watched.iter().filter(|w| !w.reaped);
+            running.map(|w| w.process.pid()).collect()
+        };
+        adopter.reap(std::mem::take(&mut self.reap_orphans_now), own);
     }
 
     /// Spawns the pending requests whose time has come.
