@@ -19,6 +19,22 @@ pub(crate) enum Command {
     Describe,
     Run(Box<RunOptions>),
     Bench(BenchOptions),
+    Node(NodeOptions),
+}
+
+/// Everything `swarmexec node` was given.
+#[derive(Debug)]
+pub(crate) struct NodeOptions {
+    /// The manager to join through, `HOST[:PORT]`.
+    pub(crate) join: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) hostname: Option<String>,
+    /// Engine labels, beside `swarmexec.runtime=process`.
+    pub(crate) labels: Vec<(String, String)>,
+    /// Who runs a task that names no user.
+    pub(crate) default_user: String,
+    pub(crate) allow_root: bool,
 }
 
 /// Everything `swarmexec run` was given.
@@ -79,6 +95,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Command, Usage> {
         Some(Value(command)) if command == "run" => parse_run(parser),
         Some(Value(command)) if command == "describe" => parse_describe(parser),
         Some(Value(command)) if command == "bench" => parse_bench(parser),
+        Some(Value(command)) if command == "node" => parse_node(parser),
         Some(Value(command)) if command == "help" => parse_help(parser),
         Some(Value(command)) => Err(Usage::top(format!("unknown command {command:?}"))),
         Some(other) => Err(Usage::top(other.unexpected())),
@@ -104,6 +121,7 @@ fn parse_help(mut parser: lexopt::Parser) -> Result<Command, Usage> {
         Some(Value(command)) if command == "run" => Ok(Command::Help(help::RUN)),
         Some(Value(command)) if command == "describe" => Ok(Command::Help(help::DESCRIBE)),
         Some(Value(command)) if command == "bench" => Ok(Command::Help(help::BENCH)),
+        Some(Value(command)) if command == "node" => Ok(Command::Help(help::NODE)),
         Some(Value(command)) if command == "help" => Ok(Command::Help(help::TOP)),
         Some(Value(command)) => Err(Usage::top(format!("unknown command {command:?}"))),
         Some(other) => Err(Usage::top(other.unexpected())),
@@ -150,6 +168,54 @@ fn parse_bench(mut parser: lexopt::Parser) -> Result<Command, Usage> {
         ));
     }
     Ok(Command::Bench(options))
+}
+
+fn parse_node(mut parser: lexopt::Parser) -> Result<Command, Usage> {
+    use lexopt::prelude::*;
+    let bad = |problem: String| Usage {
+        problem,
+        hint: "swarmexec node --help",
+    };
+    let mut options = NodeOptions {
+        join: None,
+        token: None,
+        state_dir: None,
+        hostname: None,
+        labels: Vec::new(),
+        default_user: "nobody".into(),
+        allow_root: false,
+    };
+    let text = |parser: &mut lexopt::Parser, flag: &str| -> Result<String, Usage> {
+        let value = string_value(parser).map_err(|u| bad(u.problem))?;
+        if value.is_empty() {
+            return Err(bad(format!("{flag} expects a value, got an empty one")));
+        }
+        Ok(value)
+    };
+    while let Some(arg) = parser.next().map_err(|e| bad(e.to_string()))? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Command::Help(help::NODE)),
+            Long("join") => options.join = Some(text(&mut parser, "--join")?),
+            Long("token") => options.token = Some(text(&mut parser, "--token")?),
+            Long("state-dir") => options.state_dir = Some(text(&mut parser, "--state-dir")?.into()),
+            Long("hostname") => options.hostname = Some(text(&mut parser, "--hostname")?),
+            Long("label") => {
+                let label = text(&mut parser, "--label")?;
+                let (key, value) = label.split_once('=').unwrap_or((&label, ""));
+                if key.is_empty() {
+                    return Err(bad(format!("--label expects KEY=VALUE, got {label:?}")));
+                }
+                options.labels.push((key.to_owned(), value.to_owned()));
+            }
+            Long("default-user") => options.default_user = text(&mut parser, "--default-user")?,
+            Long("allow-root") => options.allow_root = true,
+            other => return Err(bad(other.unexpected().to_string())),
+        }
+    }
+    if options.token.is_some() && options.join.is_none() {
+        return Err(bad("--token needs --join MANAGER: the manager to join through".into()));
+    }
+    Ok(Command::Node(options))
 }
 
 fn parse_run(mut parser: lexopt::Parser) -> Result<Command, Usage> {

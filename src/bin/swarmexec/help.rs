@@ -7,6 +7,7 @@ Usage:
   swarmexec run [OPTIONS] -- PROGRAM [ARGS...]
   swarmexec describe
   swarmexec bench [OPTIONS] -- PROGRAM [ARGS...]
+  swarmexec node --join MANAGER[:2377] --token SWMTKN-... [OPTIONS]
   swarmexec help [COMMAND]
   swarmexec --help | --version
 
@@ -14,6 +15,7 @@ Commands:
   run       Run PROGRAM as a task and exit with its exit code
   describe  Print this node's description and what it can enforce
   bench     Time each step of PROGRAM's lifecycle as a supervised task
+  node      Join a swarm as a worker whose tasks are supervised processes
   help      Print the help of a command
 
 Run 'swarmexec help COMMAND' for a command's options.";
@@ -141,4 +143,42 @@ Options:
                         (the default)
       --no-cgroups      No cgroups: each run held by its process group only
       --json            The rows in Bencher's metric format, one JSON document
+  -h, --help            Print this help";
+
+pub(crate) const NODE: &str = "\
+Usage: swarmexec node --join MANAGER[:2377] --token SWMTKN-... [OPTIONS]
+       swarmexec node [OPTIONS]          (again, once joined)
+
+Joins a Docker Swarm (SwarmKit) as a worker node and runs the tasks its managers
+assign to it as supervised processes, without containers: a task's command is
+its Command and Args (the image is never pulled or run), with its Env, Dir,
+User, Groups, StopSignal, StopGracePeriod, Healthcheck, secrets and configs
+(files in the task's own directory: SWARMEXEC_SECRETS_DIR and
+SWARMEXEC_CONFIGS_DIR say where) and its CPU, memory and pids limits (cgroups).
+A task asking for what a process cannot have (mounts, networks, published
+ports, privileges, an init, a TTY, ...) is rejected, naming the field.
+
+The node's engine labels include swarmexec.runtime=process: target such nodes
+with --constraint engine.labels.swarmexec.runtime==process.
+
+It keeps its identity (key, certificate, the swarm's root CA) in its state
+directory, and runs until SIGTERM or SIGINT: it then stops its tasks gracefully
+(a second signal kills them), reports them and exits 0. Started again on the
+same state directory it rejoins as the same node, with no --join or --token.
+Removed from the swarm by a manager (docker node rm), it stops its tasks,
+forgets its identity and exits 1.
+
+Options:
+      --join MANAGER    The manager to join through (port 2377 unless given);
+                        once joined, an extra manager to try first
+      --token TOKEN     The swarm's worker join token (docker swarm join-token -q
+                        worker)
+      --state-dir DIR   Where the node's identity is kept (default:
+                        /var/lib/swarmexec/node for root, else
+                        $XDG_STATE_HOME/swarmexec/node)
+      --hostname NAME   The hostname the node reports (default: this host's)
+      --label KEY=VALUE An engine label for the node (repeatable)
+      --default-user USER
+                        Who runs a task that names no user (default: nobody)
+      --allow-root      Let tasks run as root (refused otherwise)
   -h, --help            Print this help";

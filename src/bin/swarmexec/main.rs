@@ -19,6 +19,8 @@ mod args;
 mod attempt;
 mod bench;
 mod help;
+#[cfg(feature = "node")]
+mod node;
 mod report;
 mod run;
 mod signals;
@@ -48,6 +50,13 @@ fn main() -> ExitCode {
         Ok(Command::Describe) => return describe(),
         Ok(Command::Run(options)) => return run::run(*options),
         Ok(Command::Bench(options)) => return bench::bench(options),
+        #[cfg(feature = "node")]
+        Ok(Command::Node(options)) => return node::run(options),
+        #[cfg(not(feature = "node"))]
+        Ok(Command::Node(_)) => {
+            eprintln!("swarmexec: this swarmexec was built without `swarmexec node` (cargo feature `node`)");
+            return ExitCode::from(EXIT_OWN_FAILURE);
+        }
         Err(usage) => {
             eprintln!("swarmexec: {}", usage.problem);
             eprintln!("Try '{}'.", usage.hint);

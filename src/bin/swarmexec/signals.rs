@@ -68,6 +68,17 @@ pub(crate) fn take() -> std::io::Result<Signals> {
 }
 
 impl Signals {
+    /// Waits for the next signal and says what it asks.
+    #[cfg(feature = "node")]
+    pub(crate) fn wait(&self) -> std::io::Result<Request> {
+        loop {
+            if let Some(request) = self.next()? {
+                return Ok(request);
+            }
+            crate::sys::poll([self.0.as_fd()], None)?;
+        }
+    }
+
     /// What the next pending signal asks; `None` when none is pending.
     pub(crate) fn next(&self) -> std::io::Result<Option<Request>> {
         Ok(self

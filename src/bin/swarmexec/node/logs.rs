@@ -1,0 +1,136 @@
+//! Log subscriptions from the manager's log broker: each selected task's
+//! captured output, with its timestamps, published until it is exhausted (or,
+//! when following, until the subscription closes or the task ends).
+//!
+//! Each task of a subscription is read on a thread of its own (the worker's log
+//! calls block); every thread holds a sender of the subscription's sink, so that
+//! once all are done the network thread closes the subscription.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use swarmexec::agent::Worker;
+use swarmexec::api::{self as local, LogStream, LogSubscriptionOptions};
+use swarmexec::{CancelToken, Error, LogPublisherFn};
+use tokio::sync::mpsc;
+
+use super::proto::api;
+use super::tasks::time_to_wire;
+
+/// The subscriptions in progress, by id.
+pub(crate) struct Subscriptions {
+    worker: Arc<Worker>,
+    open: HashMap<String, CancelToken>,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(worker: Arc<Worker>) -> Subscriptions {
+        Subscriptions {
+            worker,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Starts publishing what `message` selects of `tasks` into `sink`.
+    pub(crate) fn open(
+        &mut self,
+        message: api::SubscriptionMessage,
+        sink: mpsc::Sender<api::LogMessage>,
+        node_id: &str,
+        tasks: Vec<local::Task>,
+    ) {
+        let selector = message.selector.unwrap_or_default();
+        let options = options(message.options.unwrap_or_default());
+        let cancel = CancelToken::new();
+        self.open.retain(|_, token| !token.is_cancelled());
+        self.open.insert(message.id.clone(), cancel.clone());
+        let selected = tasks.into_iter().filter(|task| {
+            selector.task_ids.contains(&task.id)
+                || selector.service_ids.contains(&task.service_id)
+                || selector.node_ids.iter().any(|n| n == node_id)
+        });
+        for task in selected {
+            let (worker, sink, cancel) = (Arc::clone(&self.worker), sink.clone(), cancel.clone());
+            let options = options.clone();
+            let context = api::LogContext {
+                service_id: task.service_id.clone(),
+                node_id: node_id.to_owned(),
+                task_id: task.id.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("swarmexec-logs".into())
+                .spawn(move || publish(&worker, &task.id, &cancel, &options, context, &sink));
+            if let Err(e) = spawned {
+                log::warn!(target: "swarmexec", "log subscription {}: no thread: {e}", message.id);
+            }
+        }
+    }
+
+    /// Ends the subscription `id`.
+    pub(crate) fn close(&mut self, id: &str) {
+        if let Some(cancel) = self.open.remove(id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Ends every subscription.
+    pub(crate) fn close_all(&mut self) {
+        for (_, cancel) in self.open.drain() {
+            cancel.cancel();
+        }
+    }
+}
+
+fn publish(
+    worker: &Worker,
+    task_id: &str,
+    cancel: &CancelToken,
+    options: &LogSubscriptionOptions,
+    context: api::LogContext,
+    sink: &mpsc::Sender<api::LogMessage>,
+) {
+    let publisher = LogPublisherFn(|_: &CancelToken, message: local::LogMessage| {
+        let wire = api::LogMessage {
+            context: Some(context.clone()),
+            timestamp: message.timestamp.map(time_to_wire),
+            stream: stream(message.stream) as i32,
+            data: message.data,
+            attrs: Vec::new(),
+        };
+        sink.blocking_send(wire)
+            .map_err(|_| Error::other("the log broker has gone away"))
+    });
+    if let Err(e) = worker.subscribe_logs(task_id, cancel, &publisher, options) {
+        log::debug!(target: "swarmexec", "logs of task {task_id}: {e}");
+    }
+}
+
+fn stream(stream: LogStream) -> api::LogStream {
+    match stream {
+        LogStream::Stdout => api::LogStream::Stdout,
+        LogStream::Stderr => api::LogStream::Stderr,
+        LogStream::Unknown => api::LogStream::Unknown,
+    }
+}
+
+/// The broker's options as the worker takes them. SwarmKit's tail counts from
+/// the end when negative (`--tail 5` is -5); a positive one (skip from the start)
+/// is taken as everything.
+fn options(options: api::LogSubscriptionOptions) -> LogSubscriptionOptions {
+    let streams = options.streams.iter().filter_map(|s| match api::LogStream::try_from(*s) {
+        Ok(api::LogStream::Stdout) => Some(LogStream::Stdout),
+        Ok(api::LogStream::Stderr) => Some(LogStream::Stderr),
+        _ => None,
+    });
+    let since = options.since.as_ref().and_then(|t| {
+        let seconds = u64::try_from(t.seconds).ok()?;
+        let nanos = u32::try_from(t.nanos).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos.min(999_999_999)))
+    });
+    LogSubscriptionOptions {
+        streams: streams.collect(),
+        follow: options.follow,
+        tail: (options.tail < 0).then(|| options.tail.unsigned_abs()),
+        since,
+    }
+}
