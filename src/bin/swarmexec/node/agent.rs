@@ -31,6 +31,7 @@ struct Reporter {
 
 impl StatusReporter for Reporter {
     fn update_task_status(&self, task_id: &str, status: &local::TaskStatus) -> Result<(), Error> {
+        log::debug!(target: "swarmexec", "task {task_id}: {}", status.state);
         let images = self.images.lock();
         let image = images.get(task_id).map(String::as_str);
         let status = tasks::status_to_wire(status, image);
@@ -132,6 +133,7 @@ impl Agent {
 
     fn assign(&mut self, message: api::AssignmentsMessage) {
         let complete = message.r#type == assignments_message::Type::Complete as i32;
+        log::debug!(target: "swarmexec", "assignment: {} changes{}", message.changes.len(), if complete { " (complete)" } else { "" });
         let mut changes = AssignmentChanges::default();
         for change in message.changes {
             let remove = change.action == assignment_change::AssignmentAction::Remove as i32;

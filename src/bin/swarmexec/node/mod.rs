@@ -13,6 +13,7 @@ mod describe;
 mod errors;
 mod identity;
 mod join;
+mod logger;
 mod logs;
 mod network;
 mod proto;
@@ -51,6 +52,7 @@ pub(crate) fn run(options: NodeOptions) -> ExitCode {
 }
 
 fn node(options: NodeOptions) -> Result<ExitCode, String> {
+    logger::install();
     // Before any thread starts, so that every thread has them blocked.
     let signals = signals::take().map_err(|e| format!("cannot take signals: {e}"))?;
     let state_path = options.state_dir.clone().unwrap_or_else(default_state_dir);

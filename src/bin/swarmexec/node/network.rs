@@ -16,7 +16,6 @@ use crossbeam_channel::Sender;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 use super::errors::{is_removal, status};
 use super::identity::{Identity, StateDir};
@@ -167,7 +166,11 @@ impl Network {
         let identity = match &self.start {
             Start::Rejoin(identity) => Ok(identity.clone()),
             Start::Join { manager, token } => match join::join(manager, token).await {
-                Ok(identity) => self.state.store_identity(&identity).map(|()| identity),
+                Ok(identity) => self
+                    .state
+                    .store_managers(&self.managers)
+                    .and_then(|()| self.state.store_identity(&identity))
+                    .map(|()| identity),
                 Err(e) => Err(e),
             },
         };
@@ -283,18 +286,12 @@ impl Node {
             Ok(stream) => stream.into_inner(),
             Err(e) => return self.lost(manager, &e),
         };
-        let mut broker = LogBrokerClient::new(channel);
-        let mut subscriptions = match broker
-            .listen_subscriptions(ListenSubscriptionsRequest {})
-            .await
-        {
-            Ok(stream) => Some(stream.into_inner()),
-            Err(e) => {
-                log::warn!(target: "swarmexec", "manager {manager} takes no log subscriptions: {}", status(&e));
-                None
-            }
-        };
-
+        // The broker sends nothing (not even headers) until there is a
+        // subscription, so its stream is read by a task of its own.
+        let broker = LogBrokerClient::new(channel);
+        let mut background = tokio::task::JoinSet::new();
+        let (subscribed, mut subscriptions) = mpsc::channel(16);
+        background.spawn(listen_subscriptions(broker.clone(), subscribed));
         let mut renewal = self.renewal_deadline();
         let mut heartbeat = tokio::time::Instant::now();
         let mut sending: Option<Delivery> = None;
@@ -314,6 +311,7 @@ impl Node {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(heartbeat) => {
+                    log::debug!(target: "swarmexec", "heartbeat");
                     match self.heartbeat(&mut dispatcher, &id).await {
                         Ok(period) => heartbeat = tokio::time::Instant::now() + period,
                         Err(e) => return self.lost(manager, &e),
@@ -344,10 +342,10 @@ impl Node {
                     Ok(None) => return Ended::Lost(format!("manager {manager} closed the assignments")),
                     Err(e) => return self.lost(manager, &e),
                 },
-                message = next_subscription(&mut subscriptions) => match message {
-                    Ok(Some(message)) => self.subscribe(&broker, message),
-                    Ok(None) => subscriptions = None,
-                    Err(e) => return self.lost(manager, &e),
+                message = subscriptions.recv() => match message {
+                    Some(Ok(message)) => self.subscribe(&broker, message),
+                    Some(Err(e)) => return self.lost(manager, &e),
+                    None => std::future::pending().await,
                 },
                 sent = delivery(&mut sending) => {
                     sending = None;
@@ -485,12 +483,35 @@ async fn delivery(
     }
 }
 
-/// The next subscription message; never, when there is no stream.
-async fn next_subscription(
-    subscriptions: &mut Option<Streaming<api::SubscriptionMessage>>,
-) -> Result<Option<api::SubscriptionMessage>, tonic::Status> {
-    match subscriptions {
-        Some(stream) => stream.message().await,
-        None => std::future::pending().await,
+/// Passes the broker's subscriptions on, and how the stream ended; a manager
+/// without a log broker is logged and left alone.
+async fn listen_subscriptions(
+    mut broker: LogBrokerClient<Channel>,
+    subscriptions: mpsc::Sender<Result<api::SubscriptionMessage, tonic::Status>>,
+) {
+    let mut stream = match broker
+        .listen_subscriptions(ListenSubscriptionsRequest {})
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            log::warn!(target: "swarmexec", "the manager takes no log subscriptions");
+            return;
+        }
+        Err(e) => {
+            let _ = subscriptions.send(Err(e)).await;
+            return;
+        }
+    };
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(tonic::Status::unavailable("the log broker closed its stream")),
+            Err(e) => Err(e),
+        };
+        let failed = message.is_err();
+        if subscriptions.send(message).await.is_err() || failed {
+            return;
+        }
     }
 }

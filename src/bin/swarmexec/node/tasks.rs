@@ -134,6 +134,11 @@ fn refuse_unsupported(
         .privileges
         .as_ref()
         .is_some_and(|p| p.credential_spec.is_some() || p.selinux_context.is_some());
+    // Docker's CLI always sends a DNS config, empty unless asked for.
+    let dns = c
+        .dns_config
+        .as_ref()
+        .is_some_and(|d| !d.nameservers.is_empty() || !d.search.is_empty() || !d.options.is_empty());
     let isolation = c.isolation != api::container_spec::Isolation::Default as i32;
     let ports = task
         .endpoint
@@ -150,7 +155,7 @@ fn refuse_unsupported(
         (c.read_only, "ReadOnly"),
         (!c.hostname.is_empty(), "Hostname"),
         (!c.hosts.is_empty(), "Hosts"),
-        (c.dns_config.is_some(), "DNSConfig"),
+        (dns, "DNSConfig"),
         (!c.sysctls.is_empty(), "Sysctls"),
         (!c.capability_add.is_empty(), "CapabilityAdd"),
         (!c.capability_drop.is_empty(), "CapabilityDrop"),
