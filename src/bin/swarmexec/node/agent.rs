@@ -224,9 +224,12 @@ impl Agent {
     /// waits for them, and has the network thread deliver their statuses.
     /// `stops` cuts the wait short: the tasks are then killed.
     pub(crate) fn stop(&mut self, stops: &Receiver<()>) -> Vec<(String, local::TaskStatus)> {
+        let statuses = self.worker.statuses();
+        let active = |task: &local::Task| statuses.get(&task.id).is_some_and(|s| !s.state.is_terminal());
         let running: Vec<local::Task> = self
             .tasks()
             .into_iter()
+            .filter(active)
             .map(|mut task| {
                 task.desired_state = TaskState::Shutdown;
                 task
@@ -251,13 +254,13 @@ impl Agent {
                 break;
             }
         }
+        let statuses = self.worker.statuses();
         self.subscriptions.close_all();
         self.worker.close();
         let (done, drained) = crossbeam_channel::bounded(1);
         if self.requests.send(Request::Drain(done)).is_ok() {
             let _ = drained.recv_timeout(DRAIN_TIMEOUT);
         }
-        let statuses = self.worker.statuses();
         let mut last: Vec<(String, local::TaskStatus)> = ids
             .into_iter()
             .filter_map(|id| statuses.get(&id).cloned().map(|s| (id, s)))

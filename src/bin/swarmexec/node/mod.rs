@@ -95,8 +95,8 @@ fn node(options: NodeOptions) -> Result<ExitCode, String> {
             agent.stop(&stops);
             let forgot = StateDir::open(&state_path).and_then(|s| s.forget_identity());
             let forgot = match forgot {
-                Ok(()) => "it forgot its identity: join again with --join and --token".to_owned(),
-                Err(e) => format!("its identity could not be deleted: {e}"),
+                Ok(()) => "forgot its identity: join again with --join and --token".to_owned(),
+                Err(e) => format!("could not delete its identity: {e}"),
             };
             Err(format!(
                 "this node was removed from the swarm by a manager (docker node rm); \

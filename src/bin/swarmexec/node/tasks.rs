@@ -43,7 +43,10 @@ pub(crate) fn convert(task: &api::Task, policy: &UserPolicy) -> Converted {
             service_id: task.service_id.clone(),
             node_id: task.node_id.clone(),
             slot: task.slot,
-            annotations: annotations(task.annotations.as_ref()),
+            annotations: Annotations {
+                name: name(task),
+                ..annotations(task.annotations.as_ref())
+            },
             desired_state: state(task.desired_state),
             status: task.status.as_ref().map(status_from_wire).unwrap_or_default(),
             spec: TaskSpec {
@@ -67,6 +70,19 @@ pub(crate) fn image(task: &api::Task) -> Option<&str> {
 /// wrong, so it is the safe `Shutdown`.
 pub(crate) fn state(value: i32) -> TaskState {
     TaskState::try_from(value).unwrap_or(TaskState::Shutdown)
+}
+
+/// The task's name as Docker shows it: `SERVICE.SLOT` (`SERVICE.NODE` for a
+/// global service's), unless the task has a name of its own.
+fn name(task: &api::Task) -> String {
+    if let Some(name) = task.annotations.as_ref().map(|a| &a.name).filter(|n| !n.is_empty()) {
+        return name.clone();
+    }
+    let service = task.service_annotations.as_ref().map_or("", |a| a.name.as_str());
+    match task.slot {
+        0 => format!("{service}.{}", task.node_id),
+        slot => format!("{service}.{slot}"),
+    }
 }
 
 fn annotations(annotations: Option<&api::Annotations>) -> Annotations {
@@ -381,11 +397,17 @@ pub(crate) fn status_to_wire(s: &local::TaskStatus, image: Option<&str>) -> api:
         Some(image) if s.state <= TaskState::Running => format!("{} (image {image} not run: a process node)", s.message),
         _ => s.message.clone(),
     };
+    // Docker's worker says a failed task's exit code first.
+    let exit_code = s.container.as_ref().map_or(0, |c| c.exit_code);
+    let err = match s.state {
+        TaskState::Failed if exit_code != 0 => format!("task: non-zero exit ({exit_code}): {}", s.err),
+        _ => s.err.clone(),
+    };
     api::TaskStatus {
         timestamp: Some(time_to_wire(s.timestamp.unwrap_or_else(SystemTime::now))),
         state: s.state as i32,
         message,
-        err: s.err.clone(),
+        err,
         runtime_status: s.container.as_ref().map(|c| {
             api::task_status::RuntimeStatus::Container(api::ContainerStatus {
                 container_id: c.container_id.clone(),
