@@ -84,7 +84,7 @@ impl Swarm {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start dockerd (install docker.io): {e}"));
-        let mut swarm = Swarm {
+        let swarm = Swarm {
             host: format!("unix://{}", socket.display()),
             dir,
             daemon: Some(daemon),
