@@ -136,6 +136,10 @@ fn a_process_node_runs_a_swarms_services() {
     wait_for("the node Down", 2 * MINUTE, || {
         swarm.node_status(HOSTNAME).filter(|(_, status)| status == "Down")
     });
+    // What the killed node left (its cgroups, its task files) goes with the
+    // next executor on its state directory, as a restarted node's would.
+    let state_dir = swarmexec::process::default_state_dir();
+    drop(swarmexec::process::ProcessExecutor::new(state_dir).expect("an executor"));
 }
 
 #[test]
