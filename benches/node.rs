@@ -21,7 +21,7 @@
 mod docker;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use docker::{processes, wait_for, Swarm, ON_PROCESS_NODES};
@@ -70,33 +70,29 @@ fn import_busybox(swarm: &Swarm) {
     for applet in ["sh", "sleep", "true"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
     }
-    let tar = Command::new("tar")
+    let tarball = swarm.dir().join("busybox.tar");
+    let packed = Command::new("tar")
         .arg("-C")
         .arg(&root)
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tar");
-    let host = format!("unix://{}", swarm.dir().join("docker.sock").display());
-    let imported = Command::new(if std::path::Path::new("/usr/bin/docker").exists() {
-        "/usr/bin/docker"
-    } else {
-        "docker"
-    })
-    .args(["import", "-", IMAGE])
-    .env("DOCKER_HOST", host)
-    .stdin(tar.stdout.expect("tar's output"))
-    .stdout(Stdio::null())
-    .status()
-    .expect("docker import");
-    assert!(imported.success(), "docker import failed");
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .expect("tar runs");
+    assert!(packed.success(), "tar failed");
+    swarm.ok(&["import", tarball.to_str().expect("a UTF-8 path"), IMAGE]);
 }
 
 /// The ids of a service's running tasks.
 fn running_ids(swarm: &Swarm, service: &str) -> Option<HashSet<String>> {
     let out = swarm.docker(&[
-        "service", "ps", service, "--filter", "desired-state=running",
-        "--format", "{{.ID}}|{{.CurrentState}}",
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}}|{{.CurrentState}}",
     ]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let tasks: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('|')).collect();
@@ -119,33 +115,54 @@ fn round(swarm: &Swarm, side: Side, round: usize) -> [f64; 4] {
     let create = |name: &str, replicas: &str| {
         let argv = side.argv();
         swarm.ok(&[
-            "service", "create", "-d", "--no-resolve-image", "--name", name,
-            "--replicas", replicas, "--constraint", side.constraint(), IMAGE,
-            argv[0], argv[1], argv[2], argv[3],
+            "service",
+            "create",
+            "-d",
+            "--no-resolve-image",
+            "--name",
+            name,
+            "--replicas",
+            replicas,
+            "--constraint",
+            side.constraint(),
+            IMAGE,
+            argv[0],
+            argv[1],
+            argv[2],
+            argv[3],
         ]);
     };
     let gone = || processes(&side.argv()).is_empty();
     let one = format!("{}-one-{round}", side.name());
-    let create_1 = timed("1 replica running", || create(&one, "1"), || swarm.all_running(&one, 1));
+    let create_1 = timed(
+        "1 replica running",
+        || create(&one, "1"),
+        || swarm.all_running(&one, 1),
+    );
     swarm.ok(&["service", "rm", &one]);
     wait_for("the replica gone", LONG, || gone().then_some(()));
 
     let many = format!("{}-many-{round}", side.name());
-    let create_20 = timed("20 replicas running", || create(&many, "20"), || swarm.all_running(&many, 20));
+    let create_20 = timed(
+        "20 replicas running",
+        || create(&many, "20"),
+        || swarm.all_running(&many, 20),
+    );
     let before = running_ids(swarm, &many).expect("20 running");
     let update_20 = timed(
         "20 replicas replaced",
         || {
             swarm.ok(&["service", "update", "-d", "--force", &many]);
         },
-        || {
-            running_ids(swarm, &many)
-                .is_some_and(|now| now.len() == 20 && now.is_disjoint(&before))
-        },
+        || running_ids(swarm, &many).is_some_and(|now| now.len() == 20 && now.is_disjoint(&before)),
     );
-    let rm_20 = timed("20 replicas gone", || {
-        swarm.ok(&["service", "rm", &many]);
-    }, gone);
+    let rm_20 = timed(
+        "20 replicas gone",
+        || {
+            swarm.ok(&["service", "rm", &many]);
+        },
+        gone,
+    );
     [create_1, create_20, update_20, rm_20]
 }
 
@@ -167,7 +184,16 @@ fn main() -> Result<(), swarmexec::Error> {
     let state = state.to_str().expect("a UTF-8 path");
     let log = swarm.dir().join("node.log");
     let mut node = swarm.node(
-        &["--join", "127.0.0.1", "--token", &token, "--state-dir", state, "--hostname", HOSTNAME],
+        &[
+            "--join",
+            "127.0.0.1",
+            "--token",
+            &token,
+            "--state-dir",
+            state,
+            "--hostname",
+            HOSTNAME,
+        ],
         &log,
     );
     wait_for("the process node Ready", LONG, || {
@@ -183,7 +209,9 @@ fn main() -> Result<(), swarmexec::Error> {
             }
         }
     }
-    let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
     let _ = node.wait();
 
     let mut reports = Vec::new();
@@ -191,15 +219,26 @@ fn main() -> Result<(), swarmexec::Error> {
     for (row, name) in ROWS.iter().enumerate() {
         let (docker, process) = (&samples[0][row], &samples[1][row]);
         let per_round: Vec<f64> = process.iter().zip(docker).map(|(p, d)| p / d).collect();
-        ratios.push(Ratio::of(&format!("process_{name}"), &format!("docker_{name}"), &per_round));
+        ratios.push(Ratio::of(
+            &format!("process_{name}"),
+            &format!("docker_{name}"),
+            &per_round,
+        ));
         reports.push(Report::of_samples(format!("docker_{name}"), docker.clone()));
-        reports.push(Report::of_samples(format!("process_{name}"), process.clone()));
+        reports.push(Report::of_samples(
+            format!("process_{name}"),
+            process.clone(),
+        ));
     }
     output.emit(&reports, &ratios)?;
     if !output.json {
         println!();
         for ratio in &ratios {
-            let target = if ratio.name == "process_create_20" { 0.2 } else { 1.0 };
+            let target = if ratio.name == "process_create_20" {
+                0.2
+            } else {
+                1.0
+            };
             println!(
                 "{} / {} = {:.3} ({:.1}x faster), median's 95% range {:.3} to {:.3} \
                  (target <= {target}: {})",

@@ -15,7 +15,14 @@ const HOSTNAME: &str = "swarmexec-test-node";
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn create(swarm: &Swarm, name: &str, flags: &[&str], command: &[&str]) {
-    let head = ["service", "create", "-d", "--no-resolve-image", "--name", name];
+    let head = [
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        name,
+    ];
     let constraint = ["--constraint", ON_PROCESS_NODES];
     swarm.ok(&[&head[..], &constraint, flags, &["busybox"], command].concat());
 }
@@ -56,19 +63,31 @@ fn a_process_node_runs_a_swarms_services() {
     let token = swarm.worker_token();
     let join = ["--join", "127.0.0.1", "--token", &token];
     let mut node = swarm.node(
-        &[&join[..], &["--state-dir", state_arg, "--hostname", HOSTNAME]].concat(),
+        &[
+            &join[..],
+            &["--state-dir", state_arg, "--hostname", HOSTNAME],
+        ]
+        .concat(),
         &log,
     );
     let ready = |swarm: &Swarm| swarm.node_status(HOSTNAME).filter(|(_, s)| s == "Ready");
     let (node_id, _) = wait_for("the node to be Ready", MINUTE, || ready(&swarm));
     let key = std::fs::metadata(state.join("node.pem")).expect("the node's key is stored");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
 
     // Three replicas, running here, their output in the service's logs.
     let hello = ["sh", "-c", "echo hello; exec sleep 301"];
     create(&swarm, "hello", &["--replicas", "3"], &hello);
-    wait_for("3 hello tasks running", MINUTE, || swarm.all_running("hello", 3).then_some(()));
-    assert!(swarm.running_tasks("hello").iter().all(|(_, n)| n == HOSTNAME));
+    wait_for("3 hello tasks running", MINUTE, || {
+        swarm.all_running("hello", 3).then_some(())
+    });
+    assert!(swarm
+        .running_tasks("hello")
+        .iter()
+        .all(|(_, n)| n == HOSTNAME));
     assert_eq!(processes(&["sleep", "301"]).len(), 3);
     wait_for("hello in the logs", MINUTE, || {
         (logs_of(&swarm, "hello").matches("hello").count() == 3).then_some(())
@@ -82,14 +101,27 @@ fn a_process_node_runs_a_swarms_services() {
     let secret = swarm.dir().join("secret");
     std::fs::write(&secret, "open sesame").expect("secret file");
     swarm.ok(&["secret", "create", "door", secret.to_str().expect("path")]);
-    let read = ["sh", "-c", "cat \"$SWARMEXEC_SECRETS_DIR/door\"; echo; exec sleep 302"];
+    let read = [
+        "sh",
+        "-c",
+        "cat \"$SWARMEXEC_SECRETS_DIR/door\"; echo; exec sleep 302",
+    ];
     create(&swarm, "reader", &["--secret", "door"], &read);
     wait_for("the secret in the logs", MINUTE, || {
-        logs_of(&swarm, "reader").contains("open sesame").then_some(())
+        logs_of(&swarm, "reader")
+            .contains("open sesame")
+            .then_some(())
     });
 
     // A failing health check: unhealthy, replaced.
-    let health = ["--health-cmd", "false", "--health-interval", "1s", "--health-retries", "2"];
+    let health = [
+        "--health-cmd",
+        "false",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+    ];
     create(&swarm, "sick", &health, &["sleep", "303"]);
     wait_for("the sick task failed as unhealthy", MINUTE, || {
         tasks_with(&swarm, "sick", "unhealthy").then_some(())
@@ -105,7 +137,12 @@ fn a_process_node_runs_a_swarms_services() {
     assert!(tasks_with(&swarm, "hog", "OOMKilled"));
 
     // What a process cannot do is rejected, naming it.
-    create(&swarm, "mounted", &["--mount", "type=tmpfs,target=/scratch"], &["true"]);
+    create(
+        &swarm,
+        "mounted",
+        &["--mount", "type=tmpfs,target=/scratch"],
+        &["true"],
+    );
     create(&swarm, "imageonly", &[], &[]);
     let no_command = "no command: a process node has no image entrypoint";
     wait_for("the rejections", MINUTE, || {
@@ -116,9 +153,14 @@ fn a_process_node_runs_a_swarms_services() {
 
     // SIGTERM: the tasks stop, the node exits 0; restarted, it is the same node.
     signal(&node, "-TERM");
-    let status = wait_for("the node to exit", MINUTE, || node.try_wait().expect("wait"));
+    let status = wait_for("the node to exit", MINUTE, || {
+        node.try_wait().expect("wait")
+    });
     assert_eq!(status.code(), Some(0), "{}", log_of(&log));
-    assert!(processes(&["sleep", "302"]).is_empty(), "the reader was left running");
+    assert!(
+        processes(&["sleep", "302"]).is_empty(),
+        "the reader was left running"
+    );
     assert!(log_of(&log).contains("stopped"), "{}", log_of(&log));
     let mut node = swarm.node(&["--state-dir", state_arg, "--hostname", HOSTNAME], &log);
     wait_for("the reader running again", 2 * MINUTE, || {
@@ -134,7 +176,9 @@ fn a_process_node_runs_a_swarms_services() {
         processes(&["sleep", "302"]).is_empty().then_some(())
     });
     wait_for("the node Down", 2 * MINUTE, || {
-        swarm.node_status(HOSTNAME).filter(|(_, status)| status == "Down")
+        swarm
+            .node_status(HOSTNAME)
+            .filter(|(_, status)| status == "Down")
     });
     // What the killed node left (its cgroups, its task files) goes with the
     // next executor on its state directory, as a restarted node's would.
@@ -157,12 +201,29 @@ fn joining_without_a_manager_or_a_good_token_fails_in_one_line() {
     };
     let token = format!("SWMTKN-1-{}-{}", "1".repeat(50), "a".repeat(25));
     // Port 1 on loopback: nothing listens there.
-    let out = run(&["--join", "127.0.0.1:1", "--token", &token, "--state-dir", state]);
+    let out = run(&[
+        "--join",
+        "127.0.0.1:1",
+        "--token",
+        &token,
+        "--state-dir",
+        state,
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot reach manager 127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach manager 127.0.0.1:1"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    let out = run(&["--join", "127.0.0.1", "--token", "SWMTKN-nonsense", "--state-dir", state]);
+    let out = run(&[
+        "--join",
+        "127.0.0.1",
+        "--token",
+        "SWMTKN-nonsense",
+        "--state-dir",
+        state,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("malformed join token"));
     let out = run(&["--state-dir", state]);

@@ -28,7 +28,6 @@ fn docker_client() -> &'static str {
 
 /// Why this host cannot run a manager, if it cannot.
 pub fn cannot_run_dockerd() -> Option<String> {
-
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let root = status
         .lines()
@@ -55,8 +54,12 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        // Fine enough to time the manager by (a docker call takes tens of ms).
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -132,15 +135,22 @@ impl Swarm {
 
     /// The worker join token.
     pub fn worker_token(&self) -> String {
-        self.ok(&["swarm", "join-token", "-q", "worker"]).trim().to_owned()
+        self.ok(&["swarm", "join-token", "-q", "worker"])
+            .trim()
+            .to_owned()
     }
 
     /// The current states of a service's tasks that should be running, as
     /// `docker service ps` prints them (`Running 2 seconds ago`), with their nodes.
     pub fn running_tasks(&self, service: &str) -> Vec<(String, String)> {
         let out = self.docker(&[
-            "service", "ps", service, "--filter", "desired-state=running",
-            "--format", "{{.CurrentState}}|{{.Node}}",
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}|{{.Node}}",
         ]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -174,7 +184,12 @@ impl Swarm {
 
     /// `(id, status)` of the node named `hostname`, as `docker node ls` shows it.
     pub fn node_status(&self, hostname: &str) -> Option<(String, String)> {
-        let out = self.docker(&["node", "ls", "--format", "{{.ID}}|{{.Hostname}}|{{.Status}}"]);
+        let out = self.docker(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.ID}}|{{.Hostname}}|{{.Status}}",
+        ]);
         String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
             let mut fields = l.split('|');
             let (id, host, status) = (fields.next()?, fields.next()?, fields.next()?);
@@ -188,13 +203,20 @@ pub fn processes(argv: &[&str]) -> Vec<u32> {
     let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let state = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         // A zombie is dead (PID 1 here reaps lazily).
-        let zombie = state.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'));
         if cmdline == wanted && !zombie {
             found.push(pid);
         }

@@ -19,11 +19,14 @@ pub(crate) enum Command {
     Describe,
     Run(Box<RunOptions>),
     Bench(BenchOptions),
-    Node(NodeOptions),
+    /// Parsed whether or not the command was built with `node`, so that the
+    /// help and the errors are the same; run only when it was.
+    Node(#[cfg_attr(not(feature = "node"), allow(dead_code))] NodeOptions),
 }
 
 /// Everything `swarmexec node` was given.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "node"), allow(dead_code))]
 pub(crate) struct NodeOptions {
     /// The manager to join through, `HOST[:PORT]`.
     pub(crate) join: Option<String>,
@@ -213,7 +216,9 @@ fn parse_node(mut parser: lexopt::Parser) -> Result<Command, Usage> {
         }
     }
     if options.token.is_some() && options.join.is_none() {
-        return Err(bad("--token needs --join MANAGER: the manager to join through".into()));
+        return Err(bad(
+            "--token needs --join MANAGER: the manager to join through".into(),
+        ));
     }
     Ok(Command::Node(options))
 }

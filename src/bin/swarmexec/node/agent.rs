@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
+use swarmexec::agent::StatusReporter;
 use swarmexec::agent::{AssignmentChanges, Worker};
 use swarmexec::api::{self as local, Annotations, Node, TaskState};
-use swarmexec::agent::StatusReporter;
 use swarmexec::{CancelToken, Error};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs::Subscriptions;
 use super::network::{Event, Request};
 use super::proto::api::{self, assignment, assignment_change, assignments_message};
-use super::tasks::{self, Converted, UserPolicy};
+use super::tasks::{self, UserPolicy};
 
 /// How long the node waits for its tasks to stop beyond their grace periods.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
@@ -148,10 +148,18 @@ impl Agent {
                     self.forget(&task.id);
                     changes.removed_tasks.push(task.id);
                 }
-                (Some(assignment::Item::Secret(secret)), false) => changes.secrets.push(secret_of(secret)),
-                (Some(assignment::Item::Secret(secret)), true) => changes.removed_secrets.push(secret.id),
-                (Some(assignment::Item::Config(config)), false) => changes.configs.push(config_of(config)),
-                (Some(assignment::Item::Config(config)), true) => changes.removed_configs.push(config.id),
+                (Some(assignment::Item::Secret(secret)), false) => {
+                    changes.secrets.push(secret_of(secret))
+                }
+                (Some(assignment::Item::Secret(secret)), true) => {
+                    changes.removed_secrets.push(secret.id)
+                }
+                (Some(assignment::Item::Config(config)), false) => {
+                    changes.configs.push(config_of(config))
+                }
+                (Some(assignment::Item::Config(config)), true) => {
+                    changes.removed_configs.push(config.id)
+                }
                 (None, _) => {}
             }
         }
@@ -167,7 +175,8 @@ impl Agent {
             for id in gone {
                 self.forget(&id);
             }
-            self.worker.assign(changes.tasks, changes.secrets, changes.configs)
+            self.worker
+                .assign(changes.tasks, changes.secrets, changes.configs)
         } else {
             self.worker.update(changes)
         };
@@ -182,7 +191,7 @@ impl Agent {
             self.images.lock().insert(task.id.clone(), image.to_owned());
         }
         match tasks::convert(task, &self.policy) {
-            Converted::Runnable(local) => {
+            Ok(local) => {
                 let grace = match &local.spec.runtime {
                     Some(local::Runtime::Process(p)) => p.stop_grace_period,
                     _ => None,
@@ -196,9 +205,12 @@ impl Agent {
                 );
                 Some(local)
             }
-            Converted::Rejected(why) => {
-                let reported = task.status.as_ref().map_or(TaskState::New, |s| tasks::state(s.state));
-                if reported < TaskState::Rejected && self.known.get(&task.id).is_none() {
+            Err(why) => {
+                let reported = task
+                    .status
+                    .as_ref()
+                    .map_or(TaskState::New, |s| tasks::state(s.state));
+                if reported < TaskState::Rejected && !self.known.contains_key(&task.id) {
                     log::info!(target: "swarmexec", "task {}: rejected: {why}", task.id);
                     let status = tasks::status_to_wire(&tasks::rejection(&why), None);
                     let _ = self.requests.send(Request::Status(task.id.clone(), status));
@@ -225,7 +237,11 @@ impl Agent {
     /// `stops` cuts the wait short: the tasks are then killed.
     pub(crate) fn stop(&mut self, stops: &Receiver<()>) -> Vec<(String, local::TaskStatus)> {
         let statuses = self.worker.statuses();
-        let active = |task: &local::Task| statuses.get(&task.id).is_some_and(|s| !s.state.is_terminal());
+        let active = |task: &local::Task| {
+            statuses
+                .get(&task.id)
+                .is_some_and(|s| !s.state.is_terminal())
+        };
         let running: Vec<local::Task> = self
             .tasks()
             .into_iter()
@@ -235,7 +251,12 @@ impl Agent {
                 task
             })
             .collect();
-        let grace = self.known.values().map(|k| k.grace).max().unwrap_or_default();
+        let grace = self
+            .known
+            .values()
+            .map(|k| k.grace)
+            .max()
+            .unwrap_or_default();
         let ids: Vec<String> = running.iter().map(|t| t.id.clone()).collect();
         let changes = AssignmentChanges {
             tasks: running,

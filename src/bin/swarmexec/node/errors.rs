@@ -30,5 +30,6 @@ pub(crate) fn status(status: &tonic::Status) -> String {
 /// Whether a failed call says the node was removed from its swarm (SwarmKit's
 /// managers refuse a removed node's certificate with this).
 pub(crate) fn is_removal(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::PermissionDenied && status.message().contains("removed from swarm")
+    status.code() == tonic::Code::PermissionDenied
+        && status.message().contains("removed from swarm")
 }

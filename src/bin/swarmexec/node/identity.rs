@@ -152,13 +152,20 @@ impl StateDir {
     /// Opens `path`, making it (mode 0700) if missing.
     pub(crate) fn open(path: &Path) -> Result<StateDir, String> {
         let problem = |e: std::io::Error| format!("state directory {}: {e}", path.display());
-        match fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
+        match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+        {
             Ok(()) => {}
             Err(e) => return Err(problem(e)),
         }
         let meta = fs::symlink_metadata(path).map_err(problem)?;
         if !meta.is_dir() {
-            return Err(format!("state directory {} is not a directory", path.display()));
+            return Err(format!(
+                "state directory {} is not a directory",
+                path.display()
+            ));
         }
         // The directory holds the node's key: it must be ours and closed to others.
         if meta.uid() != crate::sys::effective_uid() {

@@ -1,12 +1,15 @@
 //! The node's log: the library's and its own records, one line each on stderr,
 //! at the level `SWARMEXEC_LOG` names (`error`, `warn`, `info` (default),
 //! `debug`, `trace`). Other crates' records (the network stack's) are left out
-//! but at `trace`.
+//! but at `trace`. At `debug` and `trace` each line says when, in seconds since
+//! the node started.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct Stderr {
     level: LevelFilter,
+    /// When the log was installed: debug records say how long after.
+    start: std::time::Instant,
 }
 
 impl Log for Stderr {
@@ -24,7 +27,12 @@ impl Log for Stderr {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            eprintln!("swarmexec node: {level}: {}", record.args());
+            if self.level >= LevelFilter::Debug {
+                let at = self.start.elapsed().as_secs_f64();
+                eprintln!("swarmexec node: [{at:.3}] {level}: {}", record.args());
+            } else {
+                eprintln!("swarmexec node: {level}: {}", record.args());
+            }
         }
     }
 
@@ -37,7 +45,10 @@ pub(crate) fn install() {
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(LevelFilter::Info);
-    let logger: &'static Stderr = Box::leak(Box::new(Stderr { level }));
+    let logger: &'static Stderr = Box::leak(Box::new(Stderr {
+        level,
+        start: std::time::Instant::now(),
+    }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

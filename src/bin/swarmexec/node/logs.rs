@@ -117,11 +117,14 @@ fn stream(stream: LogStream) -> api::LogStream {
 /// the end when negative (`--tail 5` is -5); a positive one (skip from the start)
 /// is taken as everything.
 fn options(options: api::LogSubscriptionOptions) -> LogSubscriptionOptions {
-    let streams = options.streams.iter().filter_map(|s| match api::LogStream::try_from(*s) {
-        Ok(api::LogStream::Stdout) => Some(LogStream::Stdout),
-        Ok(api::LogStream::Stderr) => Some(LogStream::Stderr),
-        _ => None,
-    });
+    let streams = options
+        .streams
+        .iter()
+        .filter_map(|s| match api::LogStream::try_from(*s) {
+            Ok(api::LogStream::Stdout) => Some(LogStream::Stdout),
+            Ok(api::LogStream::Stderr) => Some(LogStream::Stderr),
+            _ => None,
+        });
     let since = options.since.as_ref().and_then(|t| {
         let seconds = u64::try_from(t.seconds).ok()?;
         let nanos = u32::try_from(t.nanos).ok()?;

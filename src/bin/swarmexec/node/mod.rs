@@ -86,7 +86,11 @@ fn node(options: NodeOptions) -> Result<ExitCode, String> {
             eprintln!("swarmexec node: stopping its tasks");
             let last = agent.stop(&stops);
             for (id, status) in &last {
-                eprintln!("swarmexec node: task {}: {}", agent.name_of(id), words(status));
+                eprintln!(
+                    "swarmexec node: task {}: {}",
+                    agent.name_of(id),
+                    words(status)
+                );
             }
             eprintln!("swarmexec node: stopped ({} tasks)", last.len());
             Ok(ExitCode::SUCCESS)
@@ -113,7 +117,11 @@ fn node(options: NodeOptions) -> Result<ExitCode, String> {
 /// A status in words, for the final report.
 fn words(status: &swarmexec::api::TaskStatus) -> String {
     match status.err.as_str() {
-        "" => format!("{} ({})", status.state.name().to_lowercase(), status.message),
+        "" => format!(
+            "{} ({})",
+            status.state.name().to_lowercase(),
+            status.message
+        ),
         err => format!("{}: {err}", status.state.name().to_lowercase()),
     }
 }
@@ -141,7 +149,13 @@ fn start(options: &NodeOptions, state: &StateDir) -> Result<(Start, Vec<String>)
     match (joining, options.token.as_deref()) {
         (Some(manager), Some(token)) => {
             let token = JoinToken::parse(token)?;
-            Ok((Start::Join { manager: manager.clone(), token }, vec![manager]))
+            Ok((
+                Start::Join {
+                    manager: manager.clone(),
+                    token,
+                },
+                vec![manager],
+            ))
         }
         _ => Err(format!(
             "not joined yet ({} holds no identity): give --join MANAGER and --token SWMTKN-...",
@@ -155,7 +169,8 @@ fn manager_address(text: &str) -> String {
     let bracketed = text.starts_with('[');
     let has_port = match text.rsplit_once(':') {
         Some((host, port)) => {
-            port.parse::<u16>().is_ok() && (!host.contains(':') || (bracketed && host.ends_with(']')))
+            port.parse::<u16>().is_ok()
+                && (!host.contains(':') || (bracketed && host.ends_with(']')))
         }
         None => false,
     };

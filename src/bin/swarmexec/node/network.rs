@@ -269,7 +269,9 @@ impl Node {
             Err(_) => return Ended::Lost(format!("manager {manager} opened no session in time")),
             Ok(Err(e)) if is_removal(&e) => return Ended::Removed,
             Ok(Err(e)) => return Ended::Lost(format!("manager {manager}: {}", status(&e))),
-            Ok(Ok((_, None))) => return Ended::Lost(format!("manager {manager} closed the session")),
+            Ok(Ok((_, None))) => {
+                return Ended::Lost(format!("manager {manager} closed the session"))
+            }
             Ok(Ok((stream, Some(first)))) => (stream, first),
         };
         let id = first.session_id.clone();
@@ -397,7 +399,7 @@ impl Node {
         if managers.is_empty() {
             return;
         }
-        managers.sort_by(|a, b| b.0.cmp(&a.0));
+        managers.sort_by_key(|m| std::cmp::Reverse(m.0));
         let managers: Vec<String> = managers.into_iter().map(|(_, a)| a).collect();
         if managers != self.network.managers {
             if let Err(e) = self.network.state.store_managers(&managers) {
@@ -409,9 +411,12 @@ impl Node {
     }
 
     fn renewal_deadline(&self) -> tokio::time::Instant {
-        let jitter = f64::from(SystemTime::now().elapsed().map_or(0, |d| d.subsec_nanos()) % 1000) / 1000.0;
+        let jitter =
+            f64::from(SystemTime::now().elapsed().map_or(0, |d| d.subsec_nanos()) % 1000) / 1000.0;
         let at = self.identity.renewal_time(jitter);
-        let wait = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         tokio::time::Instant::now() + wait.min(MAX_TIMER)
     }
 
@@ -442,12 +447,18 @@ impl Node {
     /// Hands a subscription to the node, and publishes what it sends.
     fn subscribe(&self, broker: &LogBrokerClient<Channel>, message: api::SubscriptionMessage) {
         if message.close {
-            let _ = self.network.events.send(Event::SubscriptionClosed(message.id));
+            let _ = self
+                .network
+                .events
+                .send(Event::SubscriptionClosed(message.id));
             return;
         }
         let (sink, published) = mpsc::channel(1024);
         let id = message.id.clone();
-        let _ = self.network.events.send(Event::Subscription { message, sink });
+        let _ = self
+            .network
+            .events
+            .send(Event::Subscription { message, sink });
         let mut broker = broker.clone();
         tokio::spawn(async move {
             let closing = PublishLogsMessage {
@@ -507,7 +518,9 @@ async fn listen_subscriptions(
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => Ok(message),
-            Ok(None) => Err(tonic::Status::unavailable("the log broker closed its stream")),
+            Ok(None) => Err(tonic::Status::unavailable(
+                "the log broker closed its stream",
+            )),
             Err(e) => Err(e),
         };
         let failed = message.is_err();

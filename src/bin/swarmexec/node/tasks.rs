@@ -27,35 +27,29 @@ pub(crate) struct UserPolicy {
     pub(crate) allow_root: bool,
 }
 
-/// What a task of the manager's is here.
-pub(crate) enum Converted {
-    /// A task the executor runs.
-    Runnable(local::Task),
-    /// A task no process can run, and why.
-    Rejected(String),
-}
-
-/// Converts `task`.
-pub(crate) fn convert(task: &api::Task, policy: &UserPolicy) -> Converted {
-    match process_spec(task, policy) {
-        Ok((spec, resources)) => Converted::Runnable(local::Task {
-            id: task.id.clone(),
-            service_id: task.service_id.clone(),
-            node_id: task.node_id.clone(),
-            slot: task.slot,
-            annotations: Annotations {
-                name: name(task),
-                ..annotations(task.annotations.as_ref())
-            },
-            desired_state: state(task.desired_state),
-            status: task.status.as_ref().map(status_from_wire).unwrap_or_default(),
-            spec: TaskSpec {
-                runtime: Some(Runtime::Process(spec)),
-                resources,
-            },
-        }),
-        Err(why) => Converted::Rejected(why),
-    }
+/// The task as the process executor runs it, or why no process can run it.
+pub(crate) fn convert(task: &api::Task, policy: &UserPolicy) -> Result<local::Task, String> {
+    let (spec, resources) = process_spec(task, policy)?;
+    Ok(local::Task {
+        id: task.id.clone(),
+        service_id: task.service_id.clone(),
+        node_id: task.node_id.clone(),
+        slot: task.slot,
+        annotations: Annotations {
+            name: name(task),
+            ..annotations(task.annotations.as_ref())
+        },
+        desired_state: state(task.desired_state),
+        status: task
+            .status
+            .as_ref()
+            .map(status_from_wire)
+            .unwrap_or_default(),
+        spec: TaskSpec {
+            runtime: Some(Runtime::Process(spec)),
+            resources,
+        },
+    })
 }
 
 /// The image a task names, for its status message.
@@ -75,10 +69,18 @@ pub(crate) fn state(value: i32) -> TaskState {
 /// The task's name as Docker shows it: `SERVICE.SLOT` (`SERVICE.NODE` for a
 /// global service's), unless the task has a name of its own.
 fn name(task: &api::Task) -> String {
-    if let Some(name) = task.annotations.as_ref().map(|a| &a.name).filter(|n| !n.is_empty()) {
+    if let Some(name) = task
+        .annotations
+        .as_ref()
+        .map(|a| &a.name)
+        .filter(|n| !n.is_empty())
+    {
         return name.clone();
     }
-    let service = task.service_annotations.as_ref().map_or("", |a| a.name.as_str());
+    let service = task
+        .service_annotations
+        .as_ref()
+        .map_or("", |a| a.name.as_str());
     match task.slot {
         0 => format!("{service}.{}", task.node_id),
         slot => format!("{service}.{slot}"),
@@ -105,7 +107,10 @@ fn process_spec(
             return Err("network attachment tasks need a network: a process node has none".into())
         }
         Some(api::task_spec::Runtime::Generic(g)) => {
-            return Err(format!("runtime {:?} is not supported by a process node", g.kind))
+            return Err(format!(
+                "runtime {:?} is not supported by a process node",
+                g.kind
+            ))
         }
         None => return Err("the task has no runtime".into()),
     };
@@ -134,7 +139,12 @@ fn process_spec(
             .as_ref()
             .map(|d| duration("StopGracePeriod", d))
             .transpose()?,
-        healthcheck: container.healthcheck.as_ref().map(healthcheck).transpose()?.flatten(),
+        healthcheck: container
+            .healthcheck
+            .as_ref()
+            .map(healthcheck)
+            .transpose()?
+            .flatten(),
         ..Default::default()
     };
     Ok((process, resources(spec, container)?))
@@ -151,18 +161,17 @@ fn refuse_unsupported(
         .as_ref()
         .is_some_and(|p| p.credential_spec.is_some() || p.selinux_context.is_some());
     // Docker's CLI always sends a DNS config, empty unless asked for.
-    let dns = c
-        .dns_config
-        .as_ref()
-        .is_some_and(|d| !d.nameservers.is_empty() || !d.search.is_empty() || !d.options.is_empty());
+    let dns = c.dns_config.as_ref().is_some_and(|d| {
+        !d.nameservers.is_empty() || !d.search.is_empty() || !d.options.is_empty()
+    });
     let isolation = c.isolation != api::container_spec::Isolation::Default as i32;
-    let ports = task
-        .endpoint
-        .as_ref()
-        .is_some_and(|e| !e.ports.is_empty());
+    let ports = task.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
     let unsupported = [
         (!c.mounts.is_empty(), "Mounts"),
-        (!spec.networks.is_empty() || !task.networks.is_empty(), "Networks"),
+        (
+            !spec.networks.is_empty() || !task.networks.is_empty(),
+            "Networks",
+        ),
         (ports, "published ports (EndpointSpec.Ports)"),
         (privileges, "Privileges"),
         (c.init == Some(true), "Init"),
@@ -188,7 +197,12 @@ fn refuse_unsupported(
 }
 
 fn command(c: &api::ContainerSpec) -> Result<Vec<OsString>, String> {
-    let argv: Vec<OsString> = c.command.iter().chain(&c.args).map(OsString::from).collect();
+    let argv: Vec<OsString> = c
+        .command
+        .iter()
+        .chain(&c.args)
+        .map(OsString::from)
+        .collect();
     if argv.is_empty() {
         return Err("no command: a process node has no image entrypoint".into());
     }
@@ -256,7 +270,9 @@ fn file_target<'a>(
     name: &str,
     file: Option<&'a api::FileTarget>,
 ) -> Result<&'a api::FileTarget, String> {
-    file.ok_or_else(|| format!("{kind} {name:?} has no file target: a process node takes only files"))
+    file.ok_or_else(|| {
+        format!("{kind} {name:?} has no file target: a process node takes only files")
+    })
 }
 
 fn secret(reference: &api::SecretReference) -> Result<SecretReference, String> {
@@ -353,7 +369,9 @@ fn resources(
         pids: c.pids_limit,
     };
     if limits.is_some_and(|l| !l.generic.is_empty()) {
-        return Err("generic resources (Limits.Generic) are not supported by a process node".into());
+        return Err(
+            "generic resources (Limits.Generic) are not supported by a process node".into(),
+        );
     }
     if wanted.nano_cpus < 0 || wanted.memory_bytes < 0 || wanted.pids < 0 {
         return Err("Resources.Limits has a negative limit".into());
@@ -394,13 +412,17 @@ fn status_from_wire(s: &api::TaskStatus) -> local::TaskStatus {
 /// A status as the manager takes it; `image` goes in the message.
 pub(crate) fn status_to_wire(s: &local::TaskStatus, image: Option<&str>) -> api::TaskStatus {
     let message = match image {
-        Some(image) if s.state <= TaskState::Running => format!("{} (image {image} not run: a process node)", s.message),
+        Some(image) if s.state <= TaskState::Running => {
+            format!("{} (image {image} not run: a process node)", s.message)
+        }
         _ => s.message.clone(),
     };
     // Docker's worker says a failed task's exit code first.
     let exit_code = s.container.as_ref().map_or(0, |c| c.exit_code);
     let err = match s.state {
-        TaskState::Failed if exit_code != 0 => format!("task: non-zero exit ({exit_code}): {}", s.err),
+        TaskState::Failed if exit_code != 0 => {
+            format!("task: non-zero exit ({exit_code}): {}", s.err)
+        }
         _ => s.err.clone(),
     };
     api::TaskStatus {

@@ -23,8 +23,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::{Channel, Endpoint};
 
-use super::identity::{certificates, Identity, Subject};
 use super::errors::chain;
+use super::identity::{certificates, Identity, Subject};
 
 /// SwarmKit's role for managers: a DNS name and the OU of their certificates.
 pub(crate) const MANAGER_ROLE: &str = "swarm-manager";
@@ -103,10 +103,13 @@ pub(crate) async fn connect(address: &str, config: Arc<ClientConfig>) -> Result<
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    tokio::time::timeout(CONNECT_TIMEOUT * 2, endpoint.connect_with_connector(connector))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| chain(&e))
+    tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        endpoint.connect_with_connector(connector),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())?
+    .map_err(|e| chain(&e))
 }
 
 /// Accepts any certificate (but checks that the peer holds its key).
@@ -131,7 +134,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -140,7 +148,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -112,7 +112,11 @@ mod tests {
         }
         digits.resize(DIGEST_DIGITS, b'0');
         digits.reverse();
-        let text = format!("SWMTKN-1-{}-{}", String::from_utf8(digits).unwrap(), "a".repeat(25));
+        let text = format!(
+            "SWMTKN-1-{}-{}",
+            String::from_utf8(digits).unwrap(),
+            "a".repeat(25)
+        );
         let token = JoinToken::parse(&text).unwrap();
         assert!(token.names_root_ca(b"root"));
         assert!(!token.names_root_ca(b"other"));
@@ -125,8 +129,14 @@ mod tests {
             ("abc", "does not start"),
             ("SWMTKN-1-abc", "no secret"),
             ("SWMTKN-1-abc-def", "wrong lengths"),
-            (&format!("SWMTKN-1-{}-{}", "z".repeat(50), "a".repeat(25)), "not a base-36 SHA-256"),
-            (&format!("SWMTKN-1-{}-{}", "0".repeat(50), "A".repeat(25)), "secret is not base 36"),
+            (
+                &format!("SWMTKN-1-{}-{}", "z".repeat(50), "a".repeat(25)),
+                "not a base-36 SHA-256",
+            ),
+            (
+                &format!("SWMTKN-1-{}-{}", "0".repeat(50), "A".repeat(25)),
+                "secret is not base 36",
+            ),
         ] {
             let error = JoinToken::parse(text).unwrap_err();
             assert!(error.contains(why), "{text}: {error}");
