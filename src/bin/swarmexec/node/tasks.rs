@@ -451,3 +451,222 @@ pub(crate) fn rejection(why: &str) -> local::TaskStatus {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow_root: bool) -> UserPolicy {
+        UserPolicy {
+            default_user: "nobody".into(),
+            allow_root,
+        }
+    }
+
+    fn task_of(container: api::ContainerSpec) -> api::Task {
+        api::Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            slot: 2,
+            service_annotations: Some(api::Annotations {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            desired_state: TaskState::Running as i32,
+            spec: Some(api::TaskSpec {
+                runtime: Some(api::task_spec::Runtime::Container(container)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn process_of(task: &api::Task, allow_root: bool) -> Result<ProcessSpec, String> {
+        let task = convert(task, &policy(allow_root))?;
+        match task.spec.runtime {
+            Some(Runtime::Process(spec)) => Ok(spec),
+            other => panic!("not a process: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn argv_is_command_then_args_and_the_rest_maps_directly() {
+        let task = task_of(api::ContainerSpec {
+            image: "busybox".into(),
+            command: vec!["sh".into()],
+            args: vec!["-c".into(), "echo hi".into()],
+            env: vec!["A=1".into(), "B=x=y".into()],
+            dir: "/tmp".into(),
+            user: "daemon:adm".into(),
+            groups: vec!["users".into()],
+            stop_signal: "SIGINT".into(),
+            stop_grace_period: Some(prost_types::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            healthcheck: Some(api::HealthConfig {
+                test: vec!["CMD-SHELL".into(), "true".into()],
+                interval: Some(prost_types::Duration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
+                retries: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = process_of(&task, false).unwrap();
+        assert_eq!(spec.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(
+            spec.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(spec.dir, Some("/tmp".into()));
+        assert_eq!(
+            (spec.user.as_deref(), spec.group.as_deref()),
+            (Some("daemon"), Some("adm"))
+        );
+        assert_eq!(spec.groups, ["users"]);
+        assert_eq!(spec.stop_signal, Some(local::Signal::INT));
+        assert_eq!(spec.stop_grace_period, Some(Duration::from_secs(3)));
+        let health = spec.healthcheck.unwrap();
+        assert_eq!(health.test, HealthTest::Shell("true".into()));
+        assert_eq!(
+            (health.interval, health.retries),
+            (Some(Duration::from_secs(2)), Some(4))
+        );
+        assert_eq!(
+            convert(&task, &policy(false)).unwrap().annotations.name,
+            "web.2"
+        );
+    }
+
+    #[test]
+    fn a_task_without_a_user_runs_as_the_default_and_root_needs_allow_root() {
+        let task = task_of(api::ContainerSpec {
+            args: vec!["true".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            process_of(&task, false).unwrap().user.as_deref(),
+            Some("nobody")
+        );
+        for root in ["root", "0", "0:0"] {
+            let task = task_of(api::ContainerSpec {
+                args: vec!["true".into()],
+                user: root.into(),
+                ..Default::default()
+            });
+            let error = process_of(&task, false).unwrap_err();
+            assert!(error.contains("--allow-root"), "{root}: {error}");
+            assert!(process_of(&task, true).is_ok(), "{root}");
+        }
+    }
+
+    #[test]
+    fn what_a_process_cannot_honour_is_rejected_by_name() {
+        let base = || api::ContainerSpec {
+            args: vec!["true".into()],
+            ..Default::default()
+        };
+        let cases: Vec<(api::ContainerSpec, &str)> = vec![
+            (
+                api::ContainerSpec {
+                    args: vec![],
+                    ..base()
+                },
+                "no command: a process node has no image entrypoint",
+            ),
+            (
+                api::ContainerSpec {
+                    mounts: vec![api::Mount::default()],
+                    ..base()
+                },
+                "Mounts",
+            ),
+            (
+                api::ContainerSpec {
+                    tty: true,
+                    ..base()
+                },
+                "TTY",
+            ),
+            (
+                api::ContainerSpec {
+                    init: Some(true),
+                    ..base()
+                },
+                "Init",
+            ),
+            (
+                api::ContainerSpec {
+                    privileges: Some(api::Privileges {
+                        selinux_context: Some(Default::default()),
+                        ..Default::default()
+                    }),
+                    ..base()
+                },
+                "Privileges",
+            ),
+            (
+                api::ContainerSpec {
+                    env: vec!["NOEQUALS".into()],
+                    ..base()
+                },
+                "NAME=VALUE",
+            ),
+            (
+                api::ContainerSpec {
+                    stop_signal: "SIGNOPE".into(),
+                    ..base()
+                },
+                "StopSignal",
+            ),
+        ];
+        for (container, named) in cases {
+            let error = process_of(&task_of(container), true).unwrap_err();
+            assert!(error.contains(named), "{named}: {error}");
+        }
+        let mut networked = task_of(base());
+        networked.spec.as_mut().unwrap().networks = vec![Default::default()];
+        assert!(process_of(&networked, true)
+            .unwrap_err()
+            .contains("Networks"));
+        // Docker's CLI always sends an empty DNS config: not a request.
+        let dns = task_of(api::ContainerSpec {
+            dns_config: Some(Default::default()),
+            ..base()
+        });
+        assert!(process_of(&dns, true).is_ok());
+    }
+
+    #[test]
+    fn file_targets_are_names_in_the_tasks_own_directory() {
+        assert_eq!(file_name("secret", "db", "/run/secrets/").unwrap(), "db");
+        assert_eq!(
+            file_name("secret", "/run/secrets/db", "/run/secrets/").unwrap(),
+            "db"
+        );
+        assert_eq!(file_name("config", "/app.conf", "/").unwrap(), "app.conf");
+        assert!(file_name("config", "/etc/app/app.conf", "/").is_err());
+    }
+
+    #[test]
+    fn a_failed_tasks_error_starts_with_its_exit_code_as_dockers_does() {
+        let status = local::TaskStatus {
+            state: TaskState::Failed,
+            err: "out of memory (OOMKilled)".into(),
+            container: Some(local::ContainerStatus {
+                exit_code: 137,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let wire = status_to_wire(&status, Some("busybox"));
+        assert_eq!(
+            wire.err,
+            "task: non-zero exit (137): out of memory (OOMKilled)"
+        );
+        assert_eq!(wire.state, TaskState::Failed as i32);
+    }
+}
