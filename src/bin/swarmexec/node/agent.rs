@@ -99,7 +99,9 @@ impl Agent {
         loop {
             crossbeam_channel::select! {
                 recv(events) -> event => match event {
-                    Ok(Event::Identified(identity)) => self.identified(&identity.node_id),
+                    Ok(Event::Identified { identity, rejoined }) => {
+                        self.identified(&identity.node_id, rejoined)
+                    }
                     Ok(Event::Assignments(message)) => self.assign(message),
                     Ok(Event::Subscription { message, sink }) => {
                         self.subscriptions.open(message, sink, &self.node_id, self.tasks())
@@ -114,9 +116,10 @@ impl Agent {
         }
     }
 
-    fn identified(&mut self, node_id: &str) {
+    fn identified(&mut self, node_id: &str, rejoined: bool) {
         node_id.clone_into(&mut self.node_id);
-        eprintln!("swarmexec node: joined as node {node_id}");
+        let how = if rejoined { "rejoined" } else { "joined" };
+        eprintln!("swarmexec node: {how} as node {node_id}");
         let node = Node {
             id: node_id.to_owned(),
             annotations: Annotations::default(),

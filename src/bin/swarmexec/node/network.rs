@@ -39,8 +39,8 @@ pub(crate) enum Start {
 
 /// What the network thread tells the node.
 pub(crate) enum Event {
-    /// The node has its identity (joined or rejoined).
-    Identified(Identity),
+    /// The node has its identity: it joined, or (`rejoined`) took the stored one.
+    Identified { identity: Identity, rejoined: bool },
     /// The manager's assignment: the complete set, or changes.
     Assignments(api::AssignmentsMessage),
     /// A log subscription: publish the selected tasks' logs into `sink`; every
@@ -181,7 +181,11 @@ impl Network {
                 return;
             }
         };
-        let _ = events.send(Event::Identified(identity.clone()));
+        let rejoined = matches!(self.start, Start::Rejoin(_));
+        let _ = events.send(Event::Identified {
+            identity: identity.clone(),
+            rejoined,
+        });
         let mut node = Node {
             network: self,
             identity,
