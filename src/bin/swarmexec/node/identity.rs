@@ -90,6 +90,26 @@ impl Identity {
             .map_err(|e| format!("the node's key is unreadable: {e}"))
     }
 
+    /// What the managers want to know of the node's trust (SwarmKit's
+    /// `NodeTLSInfo`, which a root CA rotation waits on): the root CA, and the
+    /// subject and public key of the certificate's issuer, DER.
+    pub(crate) fn tls_info(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let chain = self.certificate_chain();
+        let issuer = chain.first().and_then(|leaf| {
+            let (_, leaf) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            let subject = leaf.issuer().as_raw().to_vec();
+            let roots = certificates(&self.root_ca_pem).ok()?;
+            let key = roots.iter().chain(&chain[1..]).find_map(|cert| {
+                let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+                (cert.subject().as_raw() == subject.as_slice())
+                    .then(|| cert.public_key().raw.to_vec())
+            })?;
+            Some((subject, key))
+        });
+        let (subject, key) = issuer.unwrap_or_default();
+        (self.root_ca_pem.clone(), subject, key)
+    }
+
     /// When to ask for a new certificate: as SwarmKit's nodes do, at a random
     /// point between half and four fifths of the certificate's life.
     pub(crate) fn renewal_time(&self, jitter: f64) -> SystemTime {

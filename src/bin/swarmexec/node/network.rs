@@ -259,8 +259,17 @@ impl Node {
     /// One session with `manager`, until it ends.
     async fn session(&mut self, manager: &str, channel: Channel, retry: &mut Duration) -> Ended {
         let mut dispatcher = DispatcherClient::new(channel.clone());
+        let (trust_root, cert_issuer_subject, cert_issuer_public_key) = self.identity.tls_info();
+        let description = api::NodeDescription {
+            tls_info: Some(api::NodeTlsInfo {
+                trust_root,
+                cert_issuer_subject,
+                cert_issuer_public_key,
+            }),
+            ..self.network.description.clone()
+        };
         let request = SessionRequest {
-            description: Some(self.network.description.clone()),
+            description: Some(description),
             session_id: String::new(),
         };
         let opened = tokio::time::timeout(SESSION_TIMEOUT, async {
