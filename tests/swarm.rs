@@ -231,4 +231,22 @@ fn joining_without_a_manager_or_a_good_token_fails_in_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not joined yet"));
     let left: Vec<_> = std::fs::read_dir(state).expect("state dir").collect();
     assert!(left.is_empty(), "the failed joins left {left:?}");
+    let out = run(&["--token", &token]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token needs --join"));
+}
+
+#[test]
+fn help_node_says_how_to_join_and_how_to_target_process_nodes() {
+    let out = std::process::Command::new(docker::BIN)
+        .args(["help", "node"])
+        .output()
+        .expect("swarmexec runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        help.contains("swarmexec node --join MANAGER[:2377] --token SWMTKN-..."),
+        "{help}"
+    );
+    assert!(help.contains(ON_PROCESS_NODES), "{help}");
 }
