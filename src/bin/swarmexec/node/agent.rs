@@ -138,6 +138,7 @@ impl Agent {
         let complete = message.r#type == assignments_message::Type::Complete as i32;
         log::debug!(target: "swarmexec", "assignment: {} changes{}", message.changes.len(), if complete { " (complete)" } else { "" });
         let mut changes = AssignmentChanges::default();
+        let known_before: std::collections::HashSet<String> = self.known.keys().cloned().collect();
         for change in message.changes {
             let remove = change.action == assignment_change::AssignmentAction::Remove as i32;
             let item = change.assignment.and_then(|a| a.item);
@@ -166,6 +167,12 @@ impl Agent {
                 (None, _) => {}
             }
         }
+        let new: Vec<local::Task> = changes
+            .tasks
+            .iter()
+            .filter(|t| !known_before.contains(&t.id))
+            .cloned()
+            .collect();
         let applied = if complete {
             let assigned: std::collections::HashSet<&str> =
                 changes.tasks.iter().map(|t| t.id.as_str()).collect();
@@ -185,6 +192,9 @@ impl Agent {
         };
         if let Err(e) = applied {
             log::warn!(target: "swarmexec", "applying the assignment: {e}");
+        }
+        for task in &new {
+            self.subscriptions.assigned(task, &self.node_id);
         }
     }
 
