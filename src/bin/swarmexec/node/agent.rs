@@ -292,7 +292,8 @@ impl Agent {
         self.subscriptions.close_all();
         self.worker.close();
         let (done, drained) = crossbeam_channel::bounded(1);
-        if self.requests.send(Request::Drain(done)).is_ok() {
+        // A node not yet identified has no session to deliver to.
+        if !self.node_id.is_empty() && self.requests.send(Request::Drain(done)).is_ok() {
             let _ = drained.recv_timeout(DRAIN_TIMEOUT);
         }
         let mut last: Vec<(String, local::TaskStatus)> = ids
