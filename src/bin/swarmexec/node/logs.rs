@@ -17,7 +17,7 @@ use swarmexec::{CancelToken, Error, LogPublisherFn};
 use tokio::sync::mpsc;
 
 use super::proto::api;
-use super::tasks::time_to_wire;
+use super::tasks::{time_from_wire, time_to_wire};
 
 /// The subscriptions in progress, by id.
 pub(crate) struct Subscriptions {
@@ -188,11 +188,7 @@ fn options(options: api::LogSubscriptionOptions) -> LogSubscriptionOptions {
             Ok(api::LogStream::Stderr) => Some(LogStream::Stderr),
             _ => None,
         });
-    let since = options.since.as_ref().and_then(|t| {
-        let seconds = u64::try_from(t.seconds).ok()?;
-        let nanos = u32::try_from(t.nanos).ok()?;
-        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos.min(999_999_999)))
-    });
+    let since = options.since.as_ref().and_then(time_from_wire);
     LogSubscriptionOptions {
         streams: streams.collect(),
         follow: options.follow,

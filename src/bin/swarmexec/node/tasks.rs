@@ -385,7 +385,8 @@ fn resources(
     }))
 }
 
-fn time_from_wire(t: &prost_types::Timestamp) -> Option<SystemTime> {
+/// A wire timestamp; `None` for one out of range.
+pub(crate) fn time_from_wire(t: &prost_types::Timestamp) -> Option<SystemTime> {
     let seconds = u64::try_from(t.seconds).ok()?;
     let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
     UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
